@@ -1,0 +1,58 @@
+"""The FastAPI application. ``create_app(settings)`` builds one; ``lambdahat serve`` runs it.
+
+Nothing imported here pulls in torch: uploads are inspected with pure-Python header parsing (or in
+a subprocess), and jobs run in worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import health
+from api.checkpoints.endpoints import router as checkpoints_router
+from api.datasets.endpoints import router as datasets_router
+from api.db import session_factory
+from api.jobs.endpoints import router as jobs_router
+from api.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
+    """Build the app. ``run_dispatcher`` (default: embedded mode) starts the local job dispatcher."""
+    settings = settings or get_settings()
+    if run_dispatcher is None:
+        run_dispatcher = settings.embedded
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = None
+        if settings.is_sqlite:
+            from api.migrate import upgrade
+
+            upgrade(settings)
+        if run_dispatcher:
+            from api.jobs.dispatcher import EmbeddedDispatcher
+
+            dispatcher = EmbeddedDispatcher(settings)
+            dispatcher.start()
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+
+    app = FastAPI(
+        title="lambdahat",
+        version="0.1.0",
+        description="Local learning coefficient (LLC) estimation as a service.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings)
+    app.include_router(health.router)
+    app.include_router(datasets_router)
+    app.include_router(checkpoints_router)
+    app.include_router(jobs_router)
+    return app

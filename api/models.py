@@ -1,0 +1,167 @@
+"""The data model. The database is the source of truth for every job's state.
+
+Ids are 32-character hex strings (uuid4), portable between SQLite and PostgreSQL. Every row that a
+user can see carries an ``owner``; every query is filtered by it.
+Traces are not stored one row per value: each chain's series is a sequence of float32 chunks
+(``TraceChunk``), appended while a job runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)  # first characters, shown in listings
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
+    scopes: Mapped[list[Any]] = mapped_column(default=list)  # e.g. ["admin", "run-code"]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str | None] = mapped_column(String(300), default=None)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(20))  # "safetensors" | "npz"
+    n: Mapped[int] = mapped_column(Integer)
+    x_shape: Mapped[list[Any]] = mapped_column()
+    y_shape: Mapped[list[Any]] = mapped_column()
+    x_dtype: Mapped[str] = mapped_column(String(20))
+    y_dtype: Mapped[str] = mapped_column(String(20))
+    storage_key: Mapped[str] = mapped_column(String(200))  # relative path inside ARTIFACT_DIR
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_owner_collection_step", "owner", "collection", "step"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str | None] = mapped_column(String(300), default=None)
+    collection: Mapped[str | None] = mapped_column(String(300), default=None)
+    step: Mapped[int | None] = mapped_column(Integer, default=None)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(20))  # "safetensors" | "pt" | "pt2"
+    architecture: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # None for pt2
+    num_params: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        Index("ix_jobs_status_queued_at", "status", "queued_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="RESTRICT"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    loss: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]] = mapped_column()  # as requested (LLCConfig fields)
+    resolved_config: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # as run
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # fraction of all sampling steps done
+    draws_done: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Result summary: llc_mean, llc_std, llc_per_chain, init_loss, nbeta, n, diagnostics, warnings, timings.
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    llc_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    llc_std: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class JobChain(Base):
+    """Per-chain summary of a finished job."""
+
+    __tablename__ = "job_chains"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True)
+    llc: Mapped[float | None] = mapped_column(Float, default=None)
+    loss_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    num_draws: Mapped[int] = mapped_column(Integer, default=0)
+    diverged: Mapped[bool] = mapped_column(Boolean, default=False)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class TraceChunk(Base):
+    """A run of consecutive draws of one chain's series, as little-endian float32 bytes."""
+
+    __tablename__ = "trace_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series: Mapped[str] = mapped_column(String(20), primary_key=True)  # "loss" | "llc"
+    start_draw: Mapped[int] = mapped_column(Integer, primary_key=True)
+    num_draws: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
