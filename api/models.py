@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -74,7 +75,7 @@ class Dataset(Base):
     owner: Mapped[str] = mapped_column(String(200), index=True)
     name: Mapped[str | None] = mapped_column(String(300), default=None)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(20))  # "safetensors" | "npz"
     n: Mapped[int] = mapped_column(Integer)
     x_shape: Mapped[list[Any]] = mapped_column()
@@ -95,10 +96,10 @@ class Checkpoint(Base):
     collection: Mapped[str | None] = mapped_column(String(300), default=None)
     step: Mapped[int | None] = mapped_column(Integer, default=None)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(20))  # "safetensors" | "pt" | "pt2"
     architecture: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # None for pt2
-    num_params: Mapped[int] = mapped_column(Integer)
+    num_params: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 21:04:27.728662
+Create Date: 2026-11-25 21:10:31.223801
 """
 from collections.abc import Sequence
 
@@ -42,10 +42,10 @@ def upgrade() -> None:
     sa.Column('collection', sa.String(length=300), nullable=True),
     sa.Column('step', sa.Integer(), nullable=True),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('size_bytes', sa.Integer(), nullable=False),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
     sa.Column('format', sa.String(length=20), nullable=False),
     sa.Column('architecture', sa.JSON(), nullable=True),
-    sa.Column('num_params', sa.Integer(), nullable=False),
+    sa.Column('num_params', sa.BigInteger(), nullable=False),
     sa.Column('storage_key', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
@@ -60,7 +60,7 @@ def upgrade() -> None:
     sa.Column('owner', sa.String(length=200), nullable=False),
     sa.Column('name', sa.String(length=300), nullable=True),
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('size_bytes', sa.Integer(), nullable=False),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
     sa.Column('format', sa.String(length=20), nullable=False),
     sa.Column('n', sa.Integer(), nullable=False),
     sa.Column('x_shape', sa.JSON(), nullable=False),
