@@ -1,0 +1,110 @@
+"""Every query the job endpoints run, each one filtered by the caller's owner.
+
+State transitions made by workers, the reaper and the dispatcher (which act on a job id, not on
+behalf of an owner) live in ``api.jobs.lifecycle``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from api.models import Checkpoint, Dataset, Job, JobStatus, TraceChunk, utcnow
+
+
+class JobRepository:
+    def __init__(self, session: Session, owner: str) -> None:
+        self.session = session
+        self.owner = owner
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.id == job_id, Job.owner == self.owner))
+
+    def get_checkpoint(self, checkpoint_id: str) -> Checkpoint | None:
+        return self.session.scalar(
+            select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner == self.owner)
+        )
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None:
+        return self.session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == self.owner))
+
+    def get_by_idempotency_key(self, key: str) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.owner == self.owner, Job.idempotency_key == key))
+
+    def count_unfinished(self) -> int:
+        """Jobs of this owner still waiting or running: the work a per-owner cap limits."""
+        return self.session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner == self.owner, Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+        ) or 0
+
+    def list(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        checkpoint_id: str | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Job]:
+        """Newest first, ordered by (created_at, id) so that a cursor is stable under inserts."""
+        query = select(Job).where(Job.owner == self.owner)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if checkpoint_id is not None:
+            query = query.where(Job.checkpoint_id == checkpoint_id)
+        if before is not None:
+            created_at, job_id = before
+            query = query.where(
+                or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+            )
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        return list(self.session.scalars(query))
+
+    def has_traces(self, job_id: str) -> bool:
+        owned = select(Job.id).where(Job.id == job_id, Job.owner == self.owner)
+        return self.session.scalar(
+            select(func.count()).select_from(TraceChunk).where(TraceChunk.job_id.in_(owned.scalar_subquery()))
+        ) > 0
+
+    def trace_chunks(self, job_id: str) -> list[TraceChunk]:
+        owned = select(Job.id).where(Job.id == job_id, Job.owner == self.owner)
+        return list(
+            self.session.scalars(
+                select(TraceChunk)
+                .where(TraceChunk.job_id.in_(owned.scalar_subquery()))
+                .order_by(TraceChunk.series, TraceChunk.chain, TraceChunk.start_draw)
+            )
+        )
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> Job:
+        job.owner = self.owner
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def cancel_if_queued(self, job_id: str) -> bool:
+        """queued -> cancelled, atomically (a worker may be claiming it right now)."""
+        now = utcnow()
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.queued.value)
+            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now,
+                    error="cancelled before it started")
+        )
+        return result.rowcount == 1
+
+    def request_cancel_if_running(self, job_id: str) -> bool:
+        """Flag a running job; its runner notices within seconds and marks it cancelled."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.running.value)
+            .values(cancel_requested=True)
+        )
+        return result.rowcount == 1

@@ -1,0 +1,242 @@
+"""Job logic behind the endpoints: submission (validation, idempotency, per-owner cap), listing,
+cancellation and trace assembly. HTTP-agnostic apart from raising ``HTTPException`` with messages a
+user can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from fastapi import HTTPException, status
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import Principal
+from api.jobs import queue
+from api.jobs.repository import JobRepository
+from api.jobs.schemas import JobCreate, check_config_against
+from api.models import Job, JobStatus
+from api.settings import Settings
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def not_found(kind: str, object_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{kind} '{object_id}' not found")
+
+
+@dataclass
+class Traces:
+    job_id: str
+    init_loss: float | None
+    loss: np.ndarray  # float32, chains x draws
+    llc: np.ndarray
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.loss.shape[0])
+
+    @property
+    def num_draws(self) -> int:
+        return int(self.loss.shape[1])
+
+
+class JobService:
+    def __init__(self, session: Session, settings: Settings, principal: Principal) -> None:
+        self.session = session
+        self.settings = settings
+        self.principal = principal
+        self.repo = JobRepository(session, principal.owner)
+
+    # -- submit ------------------------------------------------------------------------------------
+
+    def submit(self, body: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
+        """Returns (job, created). The row is committed before the job is enqueued."""
+        config = body.config_dict()
+        if idempotency_key is not None:
+            idempotency_key = self._check_idempotency_key(idempotency_key)
+            existing = self.repo.get_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._replay(existing, body, config, idempotency_key), False
+
+        checkpoint = self.repo.get_checkpoint(body.checkpoint_id)
+        if checkpoint is None:
+            raise not_found("checkpoint", body.checkpoint_id)
+        dataset = self.repo.get_dataset(body.dataset_id)
+        if dataset is None:
+            raise not_found("dataset", body.dataset_id)
+        if checkpoint.format == "pt2" and not self.principal.can("run-code"):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"checkpoint '{checkpoint.id}' is a .pt2 archive, which runs code when loaded: "
+                       "running it needs a key with the 'run-code' scope")
+        problem = check_config_against(config, n=dataset.n, max_draws=self.settings.max_draws)
+        if problem is not None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
+        cap = self.settings.max_queued_jobs_per_owner
+        if self.repo.count_unfinished() >= cap:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=f"you already have {cap} unfinished (queued or running) jobs, the limit per owner; "
+                       "wait for some to finish or cancel some")
+
+        job = Job(checkpoint_id=checkpoint.id, dataset_id=dataset.id, loss=body.loss, config=config,
+                  idempotency_key=idempotency_key)
+        try:
+            self.repo.add(job)
+            self.session.commit()
+        except IntegrityError:
+            # Another request with the same Idempotency-Key won the race: answer as its replay.
+            self.session.rollback()
+            existing = self.repo.get_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return self._replay(existing, body, config, idempotency_key), False
+        queue.enqueue(self.settings, job.id)
+        return job, True
+
+    @staticmethod
+    def _check_idempotency_key(key: str) -> str:
+        key = key.strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters")
+        return key
+
+    @staticmethod
+    def _replay(existing: Job, body: JobCreate, config: dict, key: str) -> Job:
+        same = (existing.checkpoint_id == body.checkpoint_id and existing.dataset_id == body.dataset_id
+                and existing.loss == body.loss and (existing.config or {}) == config)
+        if not same:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"Idempotency-Key '{key}' was already used for a different request (job {existing.id}); "
+                       "use a new key for a new job")
+        return existing
+
+    # -- read --------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        job = self.repo.get(job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return job
+
+    def list(self, *, limit: int, status_filter: str | None, checkpoint_id: str | None,
+             cursor: str | None) -> tuple[list[Job], str | None]:
+        before = decode_cursor(cursor) if cursor else None
+        jobs = self.repo.list(limit=limit + 1, status=status_filter, checkpoint_id=checkpoint_id, before=before)
+        next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+        return jobs[:limit], next_cursor
+
+    # -- cancel ------------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """queued -> cancelled at once; running -> cancel_requested (its runner stops within seconds)."""
+        job = self.get(job_id)
+        if self.repo.cancel_if_queued(job_id) or self.repo.request_cancel_if_running(job_id):
+            self.session.commit()
+            self.session.refresh(job)
+            return job
+        self.session.refresh(job)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job '{job_id}' has already finished ({job.status}); there is nothing to cancel")
+
+    # -- traces ------------------------------------------------------------------------------------
+
+    def traces(self, job_id: str) -> Traces:
+        job = self.get(job_id)
+        if job.status != JobStatus.succeeded.value:
+            if job.status in (JobStatus.queued.value, JobStatus.running.value):
+                why = (f"is {job.status} ({job.progress:.0%} done); traces are available once it has succeeded")
+            else:
+                why = f"{job.status}; it recorded no traces"
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' {why}")
+        chunks = self.repo.trace_chunks(job_id)
+        if not chunks:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' has no stored traces")
+        series: dict[str, dict[int, list[np.ndarray]]] = {"loss": {}, "llc": {}}
+        for chunk in chunks:
+            values = np.frombuffer(chunk.data, dtype="<f4", count=chunk.num_draws)
+            series.setdefault(chunk.series, {}).setdefault(chunk.chain, []).append(values)
+        num_chains = 1 + max(chunk.chain for chunk in chunks)
+        arrays = {name: _stack(per_chain, num_chains) for name, per_chain in series.items() if name in ("loss", "llc")}
+        width = max(a.shape[1] for a in arrays.values())
+        arrays = {name: _pad(a, width) for name, a in arrays.items()}
+        init_loss = (job.result or {}).get("init_loss")
+        return Traces(job_id=job.id, init_loss=init_loss, loss=arrays["loss"], llc=arrays["llc"])
+
+
+def _stack(per_chain: dict[int, list[np.ndarray]], num_chains: int) -> np.ndarray:
+    rows = [np.concatenate(per_chain[c]) if c in per_chain else np.empty(0, np.float32) for c in range(num_chains)]
+    width = max((len(r) for r in rows), default=0)
+    return np.stack([_pad(r[None, :], width)[0] for r in rows]) if rows else np.empty((0, 0), np.float32)
+
+
+def _pad(array: np.ndarray, width: int) -> np.ndarray:
+    if array.shape[1] == width:
+        return array.astype(np.float32, copy=False)
+    padded = np.full((array.shape[0], width), np.nan, dtype=np.float32)
+    padded[:, : array.shape[1]] = array
+    return padded
+
+
+# -- cursors: opaque to clients, (created_at, id) inside ---------------------------------------------
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        if not isinstance(job_id, str):
+            raise ValueError("id")
+        return datetime.fromisoformat(created_at), job_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail="invalid cursor: pass the next_cursor value of a previous page unchanged") from exc
+
+
+# -- trace encodings ---------------------------------------------------------------------------------
+
+
+def _number(value: np.float32) -> str:
+    # numpy prints the shortest text that reads back as the same float32; JSON has no NaN/Inf.
+    return str(value) if np.isfinite(value) else "null"
+
+
+def traces_json(traces: Traces) -> str:
+    def matrix(array: np.ndarray) -> str:
+        return "[" + ",".join("[" + ",".join(map(_number, row)) + "]" for row in array) + "]"
+
+    init_loss = traces.init_loss
+    head = json.dumps({"job_id": traces.job_id, "num_chains": traces.num_chains, "num_draws": traces.num_draws,
+                       "init_loss": init_loss})
+    return head[:-1] + f', "loss": {matrix(traces.loss)}, "llc": {matrix(traces.llc)}}}'
+
+
+def traces_csv_lines(traces: Traces):  # noqa: ANN201 - a generator of str
+    yield "chain,draw,loss,llc\n"
+    for c in range(traces.num_chains):
+        loss, llc = traces.loss[c], traces.llc[c]
+        yield "".join(f"{c},{d},{loss[d]},{llc[d]}\n" for d in range(traces.num_draws))
+
+
+def traces_npz(traces: Traces) -> bytes:
+    buffer = io.BytesIO()
+    init_loss = np.float64(traces.init_loss if traces.init_loss is not None else np.nan)
+    np.savez(buffer, loss=traces.loss, llc=traces.llc, init_loss=init_loss)
+    return buffer.getvalue()

@@ -1,0 +1,68 @@
+"""``lambdahat worker``: a Celery worker for LLC jobs.
+
+Prefork pool with ONE process (one job at a time per worker; run one worker per GPU with
+``CUDA_VISIBLE_DEVICES`` set), prefetch 1, late acknowledgement. The pool process imports torch when
+its first job starts, never the parent, so CUDA is not initialised before fork. The parent also runs
+the reaper thread. ``--name`` is recorded as the ``worker`` of every job this worker runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+from api.settings import get_settings
+from worker.celery_app import DEFAULT_QUEUE, make_celery
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def worker_argv(name: str, queues: str, loglevel: str = "INFO") -> list[str]:
+    return [
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "--prefetch-multiplier=1",
+        f"--hostname={name}@%h" if "@" not in name else f"--hostname={name}",
+        f"--queues={queues}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def run_worker(name: str | None = None, queues: str = DEFAULT_QUEUE, device: str | None = None) -> None:
+    settings = get_settings()
+    if settings.embedded:
+        sys.exit(
+            "lambdahat worker needs a broker: set LAMBDAHAT_BROKER_URL (e.g. redis://127.0.0.1:6379/0) for the API "
+            "and every worker. Without one, `lambdahat serve` runs jobs itself (embedded mode) and needs no worker."
+        )
+    queues = ",".join(q.strip() for q in (queues or "").split(",") if q.strip())
+    if not queues:
+        sys.exit("--queues must name at least one queue")
+    # `lambdahat worker` keeps the CLI default; LAMBDAHAT_QUEUE (the queue the API sends to) wins over it.
+    if queues == DEFAULT_QUEUE and os.environ.get("LAMBDAHAT_QUEUE"):
+        queues = os.environ["LAMBDAHAT_QUEUE"]
+    # The reaper re-enqueues onto a queue this worker consumes.
+    os.environ.setdefault("LAMBDAHAT_QUEUE", queues.split(",")[0])
+
+    name = name or default_worker_name()
+    # Pool processes inherit the environment: the runner reads its name and device override from it.
+    os.environ["LAMBDAHAT_WORKER_NAME"] = name
+    if device:
+        os.environ["LAMBDAHAT_WORKER_DEVICE"] = device
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from worker.reaper import start_reaper
+
+    app = make_celery(settings)
+    reaper = start_reaper(settings)
+    try:
+        app.worker_main(argv=worker_argv(name, queues))
+    finally:
+        reaper.stop()

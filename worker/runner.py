@@ -1,0 +1,333 @@
+"""Run one job: the code shared by the Celery task and the embedded dispatcher's job subprocess.
+
+1. Claim the job atomically (a second delivery of the same job does nothing).
+2. Start a monitor thread: it writes heartbeat + progress at a bounded rate, even while one long
+   step runs, and turns "cancel requested", "time limit reached" and "this attempt was given up on"
+   into a stop request that the estimator's progress callback returns to the sampler.
+3. Load the checkpoint and dataset (``worker.loading`` + ``api.storage.ArtifactStore``), build the
+   real ``LLCConfig`` (resolving defaults), run ``estimate_llc``.
+4. In ONE transaction: result summary, per-chain rows, trace chunks, status=succeeded. Rows left by
+   an earlier attempt are replaced, so a re-run keeps exactly num_chains x num_draws values.
+
+Errors end the job as ``failed`` with a message a user can act on (exception type and message,
+and which step failed); the traceback goes to the log. torch is imported inside ``run_job`` only,
+never at module import, so a Celery parent process can fork children without initialising CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from api.db import session_scope
+from api.jobs import lifecycle
+from api.jobs.lifecycle import CANCELLED, FAILED
+from api.models import Checkpoint, Dataset, Job
+from api.settings import Settings, get_settings
+
+log = logging.getLogger("lambdahat.runner")
+
+TRACE_CHUNK_DRAWS = 1024  # draws per stored trace chunk (4 KiB of float32)
+HARD_STOP_GRACE_S = 30.0  # after the time limit, how long a cooperative stop may take before the process exits
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    status: str  # succeeded | failed | cancelled | skipped (not claimable) | lost (given up on by the reaper)
+    detail: str = ""
+
+
+class StepError(Exception):
+    """An error with the step that failed, shown to the user as '<step> failed: <Type>: <message>'."""
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        super().__init__(f"{step} failed: {type(exc).__name__}: {exc}")
+        self.step = step
+
+
+class JobMonitor(threading.Thread):
+    """Heartbeat + progress writer and stop-condition watcher for one running attempt."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int, *, exit_with_parent: bool = False) -> None:
+        super().__init__(name=f"job-monitor-{job_id[:8]}", daemon=True)
+        self.settings = settings
+        self.job_id = job_id
+        self.attempt = attempt
+        self.interval = max(0.05, min(settings.heartbeat_interval, 2.0))
+        self.deadline = time.monotonic() + settings.job_time_limit
+        self.parent_pid = os.getppid() if exit_with_parent else None
+        self.progress = 0.0
+        self.draws_done = 0
+        self.stop_reason: str | None = None  # "cancelled" | "time_limit" | "lost" | "parent_gone"
+        self._finished = threading.Event()
+
+    # Called by the estimator (main thread): cheap, no I/O.
+    def on_progress(self, event: Any) -> bool:
+        total = max(1, int(getattr(event, "total_steps", 0) or 0))
+        self.progress = min(1.0, float(getattr(event, "steps_done", 0)) / total)
+        draws = list(getattr(event, "draws_done", []) or [])
+        self.draws_done = int(min(draws)) if draws else 0
+        if self.stop_reason is None and time.monotonic() > self.deadline:
+            self.stop_reason = "time_limit"
+        return self.stop_reason is None
+
+    def finish(self) -> None:
+        self._finished.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        while not self._finished.wait(self.interval):
+            self._beat()
+            if self.parent_pid is not None and os.getppid() != self.parent_pid and self.stop_reason is None:
+                log.warning("job %s: the dispatcher that started this process is gone; stopping", self.job_id)
+                self.stop_reason = "parent_gone"
+            if time.monotonic() > self.deadline:
+                self.stop_reason = self.stop_reason or "time_limit"
+                if time.monotonic() > self.deadline + HARD_STOP_GRACE_S:
+                    self._hard_stop()
+
+    def _beat(self) -> None:
+        try:
+            with session_scope(self.settings) as session:
+                reply = lifecycle.heartbeat(session, self.job_id, self.attempt,
+                                            progress=self.progress, draws_done=self.draws_done)
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not kill the job
+            log.warning("job %s: heartbeat failed (%s: %s); retrying", self.job_id, type(exc).__name__, exc)
+            return
+        if not reply.still_ours and self.stop_reason is None:
+            log.warning("job %s: attempt %d is no longer the running attempt; stopping", self.job_id, self.attempt)
+            self.stop_reason = "lost"
+        elif reply.cancel_requested and self.stop_reason is None:
+            log.info("job %s: cancellation requested", self.job_id)
+            self.stop_reason = "cancelled"
+
+    def _hard_stop(self) -> None:
+        # The sampler did not return within the grace period (one enormous step, or stuck in native code):
+        # record the failure, then end this process. Celery replaces a lost pool process.
+        limit = self.settings.job_time_limit
+        log.error("job %s: time limit %.0fs exceeded and the sampler did not stop; exiting", self.job_id, limit)
+        try:
+            with session_scope(self.settings) as session:
+                lifecycle.finish_unsuccessfully(session, self.job_id, self.attempt, status=FAILED,
+                                                error=time_limit_message(limit, self.draws_done))
+        finally:
+            os._exit(3)
+
+
+def time_limit_message(limit: float, draws_done: int) -> str:
+    return (f"time limit of {limit:.0f} s exceeded after {draws_done} draws per chain; ask for fewer "
+            "draws/chains or raise LAMBDAHAT_JOB_TIME_LIMIT")
+
+
+def run_job(
+    job_id: str,
+    *,
+    settings: Settings | None = None,
+    worker_name: str | None = None,
+    device: str | None = None,
+    exit_with_parent: bool = False,
+) -> JobOutcome:
+    """Claim and run one job to a final state. Never raises for job errors (they are recorded)."""
+    settings = settings or get_settings()
+    worker_name = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
+    device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
+
+    with session_scope(settings) as session:
+        attempt = lifecycle.claim(session, job_id, worker_name)
+        if attempt is None:
+            job = session.get(Job, job_id)
+            state = job.status if job is not None else "missing"
+            log.info("job %s not claimable (status %s); nothing to do", job_id, state)
+            return JobOutcome(job_id, "skipped", state)
+        lifecycle.clear_partial_results(session, job_id)
+    log.info("job %s: attempt %d claimed by %s", job_id, attempt, worker_name)
+
+    monitor = JobMonitor(settings, job_id, attempt, exit_with_parent=exit_with_parent)
+    monitor.start()
+    try:
+        result = _estimate(settings, job_id, attempt, monitor, device)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, readable job error
+        monitor.finish()
+        message = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
+        log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
+        return _finish_unsuccessfully(settings, job_id, attempt, FAILED, message)
+    monitor.finish()
+
+    if getattr(result, "stopped", False) or monitor.stop_reason is not None:
+        return _finish_stopped(settings, job_id, attempt, monitor)
+    with session_scope(settings) as session:
+        written = lifecycle.finish_succeeded(session, job_id, attempt, **result_rows(result))
+    if not written:
+        log.warning("job %s: attempt %d finished but the job was re-assigned meanwhile; result dropped",
+                    job_id, attempt)
+        return JobOutcome(job_id, "lost")
+    log.info("job %s succeeded: llc %.4g ± %.4g", job_id, result.llc_mean, result.llc_std)
+    return JobOutcome(job_id, "succeeded")
+
+
+def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor, device: str | None) -> Any:
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        checkpoint = session.get(Checkpoint, job.checkpoint_id)
+        dataset = session.get(Dataset, job.dataset_id)
+        if checkpoint is None or dataset is None:
+            raise StepError("loading", LookupError("the job's checkpoint or dataset was deleted"))
+        config = dict(job.config or {})
+        loss = job.loss
+
+    try:
+        import torch  # noqa: F401 - first use of torch in this process: after any fork
+
+        from api.storage import ArtifactStore
+        from estimator import LLCConfig, estimate_llc
+        from worker.loading import load_dataset, load_model
+    except Exception as exc:  # noqa: BLE001
+        raise StepError("starting the job process", exc) from exc
+
+    if device and config.get("device", "auto") == "auto":
+        config["device"] = device
+    try:
+        llc_config = LLCConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise StepError("checking the config", exc) from exc
+    with session_scope(settings) as session:
+        lifecycle.set_resolved_config(session, job_id, attempt, _config_dict(llc_config))
+
+    store = ArtifactStore(settings)
+    try:
+        model = load_model(store.path(checkpoint.storage_key), checkpoint.format, checkpoint.architecture)
+    except Exception as exc:  # noqa: BLE001
+        raise StepError("loading the checkpoint", exc) from exc
+    try:
+        x, y = load_dataset(store.path(dataset.storage_key), dataset.format)
+    except Exception as exc:  # noqa: BLE001
+        raise StepError("loading the dataset", exc) from exc
+    try:
+        return estimate_llc(model, (x, y), loss=loss, config=llc_config, progress=monitor.on_progress)
+    except Exception as exc:  # noqa: BLE001
+        raise StepError("estimating the LLC", exc) from exc
+
+
+def _finish_stopped(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor) -> JobOutcome:
+    reason = monitor.stop_reason
+    if reason == "cancelled":
+        return _finish_unsuccessfully(settings, job_id, attempt, CANCELLED,
+                                      f"cancelled by request after {monitor.draws_done} draws per chain")
+    if reason == "time_limit":
+        return _finish_unsuccessfully(settings, job_id, attempt, FAILED,
+                                      time_limit_message(settings.job_time_limit, monitor.draws_done))
+    if reason is None:
+        return _finish_unsuccessfully(settings, job_id, attempt, FAILED,
+                                      f"the sampler stopped early after {monitor.draws_done} draws per chain")
+    # "lost" (re-assigned by the reaper) or "parent_gone": whoever took over decides what happens next.
+    return JobOutcome(job_id, "lost", reason)
+
+
+def _finish_unsuccessfully(settings: Settings, job_id: str, attempt: int, status: str, error: str) -> JobOutcome:
+    with session_scope(settings) as session:
+        written = lifecycle.finish_unsuccessfully(session, job_id, attempt, status=status, error=error)
+    return JobOutcome(job_id, status if written else "lost", error)
+
+
+# -- turning an LLCResult into rows ---------------------------------------------------------------
+
+SUMMARY_FIELDS = ("llc_mean", "llc_std", "llc_per_chain", "init_loss", "nbeta", "n", "diagnostics", "warnings",
+                  "timings", "chain_mode", "chain_mode_reason")
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return _json_safe(dataclasses.asdict(config))
+    if hasattr(config, "model_dump"):
+        return _json_safe(config.model_dump())
+    return _json_safe(dict(config))
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def result_rows(result: Any) -> dict[str, Any]:
+    """The keyword arguments of ``lifecycle.finish_succeeded`` for an ``LLCResult``."""
+    full = result.to_dict()
+    summary = _json_safe({k: full[k] for k in SUMMARY_FIELDS if k in full})
+    loss_trace = np.asarray(result.loss_trace, dtype=np.float64)
+    llc_trace = np.asarray(result.llc_trace, dtype=np.float64)
+    num_chains, num_draws = loss_trace.shape
+
+    diverged, messages = _diverged_chains(full, num_chains)
+    per_chain = list(full.get("llc_per_chain") or [None] * num_chains)
+    chains = []
+    for c in range(num_chains):
+        finite = loss_trace[c][np.isfinite(loss_trace[c])]
+        llc = per_chain[c] if c < len(per_chain) else None
+        chains.append(dict(
+            chain=c,
+            llc=float(llc) if llc is not None and np.isfinite(llc) else None,
+            loss_mean=float(finite.mean()) if finite.size else None,
+            num_draws=int(num_draws),
+            diverged=c in diverged,
+            message=messages.get(c),
+        ))
+    chunks = [
+        dict(chain=c, series=series, start_draw=start, num_draws=min(TRACE_CHUNK_DRAWS, num_draws - start),
+             data=encode_chunk(trace[c, start:start + TRACE_CHUNK_DRAWS]))
+        for series, trace in (("loss", loss_trace), ("llc", llc_trace))
+        for c in range(num_chains)
+        for start in range(0, num_draws, TRACE_CHUNK_DRAWS)
+    ]
+    resolved = full.get("config")
+    return dict(summary=summary, resolved_config=_json_safe(resolved) if resolved is not None else None,
+                chains=chains, chunks=chunks, draws_done=int(num_draws))
+
+
+def encode_chunk(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def _diverged_chains(full: dict[str, Any], num_chains: int) -> tuple[set[int], dict[int, str]]:
+    """Which chains diverged, with their messages, from the diagnostics and warnings."""
+    diagnostics = full.get("diagnostics") or {}
+    diverged: set[int] = set()
+    raw = diagnostics.get("diverged_chains") or diagnostics.get("diverged") or []
+    if isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, int):
+                diverged.add(item)
+            elif isinstance(item, dict) and isinstance(item.get("chain"), int):
+                diverged.add(item["chain"])
+        if raw and all(isinstance(v, bool) for v in raw):
+            diverged = {i for i, v in enumerate(raw) if v}
+    messages: dict[int, str] = {}
+    for warning in full.get("warnings") or []:
+        chain = warning.get("chain") if isinstance(warning, dict) else None
+        if isinstance(chain, int) and 0 <= chain < num_chains:
+            messages[chain] = f"{messages[chain]}; {warning['message']}" if chain in messages else warning["message"]
+            if "diverg" in str(warning.get("code", "")):
+                diverged.add(chain)
+    return diverged, messages
