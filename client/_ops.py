@@ -348,10 +348,13 @@ def parse_traces(response: httpx.Response) -> dict[str, Any]:
             "init_loss": float(body["init_loss"]) if body.get("init_loss") is not None else math.nan,
         }
     try:
-        with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as exc:
+        loaded = np.load(io.BytesIO(response.content), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise ServerError(f"the traces are not a readable npz archive ({exc})") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ServerError("the traces are not a readable npz archive (got a single array)")
+    with loaded as archive:
+        arrays = {name: archive[name] for name in archive.files}
     for required in ("loss", "llc"):
         if required not in arrays:
             raise ServerError(f"the traces archive has no {required!r} array (arrays: {sorted(arrays)})")
