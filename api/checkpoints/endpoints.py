@@ -1,5 +1,84 @@
-"""HTTP endpoints for checkpoints (filled in by the checkpoints work)."""
+"""HTTP endpoints for checkpoints: upload (streamed multipart), list, get, delete."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from api.checkpoints import service
+from api.checkpoints.schemas import CheckpointList, CheckpointPublic
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from api.uploads import UploadPrincipal, multipart_openapi
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+_UPLOAD_FORM = multipart_openapi(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "A safetensors or torch.save (.pt) state_dict, or a torch.export (.pt2) archive "
+            "(run-code scope); the format is detected from the content",
+        },
+        "architecture": {
+            "type": "string",
+            "description": 'JSON config of a built-in architecture, e.g. {"kind": "mlp", "in_features": 16, '
+            '"hidden": [32], "out_features": 3}; required for safetensors and .pt, omitted for .pt2',
+        },
+        "collection": {"type": "string", "maxLength": 300, "description": "Group label, e.g. a training run"},
+        "step": {"type": "integer", "minimum": 0, "description": "Training step"},
+        "name": {"type": "string", "maxLength": 300, "description": "A label (default: the file name)"},
+    },
+    required=["file"],
+)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CheckpointPublic,
+    openapi_extra=_UPLOAD_FORM,
+    responses={
+        403: {"description": ".pt2 upload without the run-code scope"},
+        413: {"description": "The file is larger than LAMBDAHAT_MAX_UPLOAD_BYTES"},
+        415: {"description": "The body is not multipart/form-data"},
+        422: {"description": "Invalid file, architecture, or weights that do not fit it (the message says which)"},
+    },
+)
+async def upload_checkpoint(request: Request, principal: UploadPrincipal, settings: SettingsDep) -> CheckpointPublic:
+    """Upload a checkpoint (multipart `file`, `architecture`, optional `collection`, `step`, `name`)."""
+    row = await service.upload_checkpoint(request, principal, settings)
+    return CheckpointPublic.model_validate(row)
+
+
+@router.get("", response_model=CheckpointList)
+def list_checkpoints(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    collection: Annotated[str | None, Query(description="Only this collection")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+) -> CheckpointList:
+    """Your checkpoints, newest first."""
+    rows, next_cursor = service.list_checkpoints(session, principal, limit, cursor, collection)
+    return CheckpointList(items=[CheckpointPublic.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{checkpoint_id}", response_model=CheckpointPublic, responses={404: {"description": "No such checkpoint"}})
+def get_checkpoint(checkpoint_id: str, session: SessionDep, principal: CurrentPrincipal) -> CheckpointPublic:
+    return CheckpointPublic.model_validate(service.get_checkpoint(session, principal, checkpoint_id))
+
+
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "No such checkpoint"}, 409: {"description": "Jobs use this checkpoint"}},
+)
+def delete_checkpoint(
+    checkpoint_id: str, request: Request, session: SessionDep, principal: CurrentPrincipal, settings: SettingsDep
+) -> Response:
+    """Delete a checkpoint and (unless identical content is stored for another row) its file. 409 if jobs use it."""
+    service.delete_checkpoint(session, request, principal, settings, checkpoint_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

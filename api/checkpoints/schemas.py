@@ -1,0 +1,31 @@
+"""Checkpoint responses. Storage keys and owners stay internal."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.types import UTCDateTime
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    collection: str | None = Field(description="Groups checkpoints, e.g. one training run")
+    step: int | None = Field(description="Training step this checkpoint was saved at")
+    format: Literal["safetensors", "pt", "pt2"]
+    sha256: str = Field(description="SHA-256 of the uploaded file")
+    size_bytes: int
+    architecture: dict[str, Any] | None = Field(
+        description="The built-in architecture config with defaults filled in (null for .pt2 archives)"
+    )
+    num_params: int = Field(description="Number of trainable parameters (buffers excluded)")
+    created_at: UTCDateTime
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointPublic]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")

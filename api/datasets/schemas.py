@@ -1,0 +1,30 @@
+"""Dataset responses. Storage keys and owners stay internal."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.types import UTCDateTime
+
+
+class DatasetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    format: Literal["safetensors", "npz"]
+    sha256: str = Field(description="SHA-256 of the uploaded file")
+    size_bytes: int
+    n: int = Field(description="Number of examples (the first dimension of x and y)")
+    x_shape: list[int]
+    y_shape: list[int]
+    x_dtype: str
+    y_dtype: str
+    created_at: UTCDateTime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")

@@ -1,0 +1,152 @@
+"""Dataset logic: validate an upload's content, store it, list, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import HTTPException, Request, status
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.datasets import repository
+from api.deps import Principal
+from api.formats import (
+    NUMERIC_DTYPES,
+    FormatError,
+    TensorInfo,
+    count_non_finite,
+    detect_format,
+    read_npz,
+    read_safetensors,
+)
+from api.models import Dataset
+from api.pagination import page
+from api.settings import Settings
+from api.storage import ArtifactStore
+from api.uploads import UploadForm, receive_upload, release_artifact, store_upload
+
+TEXT_FIELDS = {"name"}
+
+
+@dataclass(frozen=True)
+class DatasetContent:
+    format: str
+    n: int
+    x: TensorInfo
+    y: TensorInfo
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
+
+
+def inspect_dataset(path: Path) -> DatasetContent:
+    """Check a dataset file: format, tensors ``x`` and ``y``, numeric, same first dimension, finite.
+
+    Reads the data in bounded chunks (memory-mapped where stored uncompressed). Raises FormatError.
+    """
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        tensors = read_safetensors(path)
+    elif fmt == "npz":
+        tensors = read_npz(path)
+    else:
+        raise FormatError(f"a dataset must be safetensors or npz with tensors 'x' and 'y'; this is a {fmt} checkpoint file")
+    missing = [name for name in ("x", "y") if name not in tensors]
+    if missing:
+        raise FormatError(
+            f"the dataset has no tensor(s) {missing}; it needs 'x' (inputs) and 'y' (targets), "
+            f"found: {sorted(tensors)[:20]}"
+        )
+    x, y = tensors["x"], tensors["y"]
+    for name, tensor in (("x", x), ("y", y)):
+        if tensor.dtype not in NUMERIC_DTYPES:
+            raise FormatError(f"tensor '{name}' has dtype {tensor.dtype}; supported: {', '.join(NUMERIC_DTYPES)}")
+        if len(tensor.shape) == 0:
+            raise FormatError(f"tensor '{name}' is a scalar; its first dimension must index the examples")
+    if x.shape[0] != y.shape[0]:
+        raise FormatError(
+            f"x and y must have the same number of examples (first dimension): x has {x.shape[0]} "
+            f"(shape {list(x.shape)}), y has {y.shape[0]} (shape {list(y.shape)})"
+        )
+    if x.shape[0] == 0:
+        raise FormatError("the dataset is empty (x and y have 0 examples)")
+    for name, tensor in (("x", x), ("y", y)):
+        bad = count_non_finite(path, tensor)
+        if bad:
+            raise FormatError(f"tensor '{name}' contains {bad} non-finite value(s) (NaN or inf)")
+    return DatasetContent(fmt, x.shape[0], x, y)
+
+
+async def upload_dataset(request: Request, principal: Principal, settings: Settings) -> Dataset:
+    store = ArtifactStore(settings)
+    form = await receive_upload(request, store, max_bytes=settings.max_upload_bytes, text_fields=TEXT_FIELDS)
+    try:
+        return await run_in_threadpool(_validate_and_store, request.app.state.session_factory, store, form, principal)
+    finally:
+        form.discard()  # a no-op once the file has been placed
+
+
+def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm, principal: Principal) -> Dataset:  # noqa: ANN001
+    assert form.file is not None and form.file.sha256 is not None
+    name = _name(form)
+    try:
+        content = inspect_dataset(form.file.path)
+    except FormatError as exc:
+        raise _unprocessable(f"invalid dataset: {exc}") from None
+    row = Dataset(
+        owner=principal.owner,
+        name=name,
+        sha256=form.file.sha256,
+        size_bytes=form.file.size,
+        format=content.format,
+        n=content.n,
+        x_shape=list(content.x.shape),
+        y_shape=list(content.y.shape),
+        x_dtype=content.x.dtype,
+        y_dtype=content.y.dtype,
+    )
+    return store_upload(store, session_factory, form.file, "datasets", row)
+
+
+def _name(form: UploadForm) -> str | None:
+    name = form.fields.get("name") or form.filename
+    if name is not None and len(name) > 300:
+        raise _unprocessable("'name' must be at most 300 characters")
+    return name
+
+
+def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    row = repository.get(session, principal.owner, dataset_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"dataset {dataset_id} not found")
+    return row
+
+
+def list_datasets(session: Session, principal: Principal, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
+    return page(repository.list_page(session, principal.owner, limit, cursor), limit)
+
+
+def delete_dataset(session: Session, request: Request, principal: Principal, settings: Settings, dataset_id: str) -> None:
+    row = get_dataset(session, principal, dataset_id)
+    jobs = repository.count_jobs_using(session, principal.owner, dataset_id)
+    if jobs:
+        raise _in_use(dataset_id, jobs)
+    storage_key = row.storage_key
+    repository.delete(session, row)
+    try:
+        session.commit()
+    except IntegrityError:  # a job referencing it was committed in between
+        session.rollback()
+        raise _in_use(dataset_id, None) from None
+    release_artifact(ArtifactStore(settings), request.app.state.session_factory, storage_key, repository.storage_key_in_use)
+
+
+def _in_use(dataset_id: str, jobs: int | None) -> HTTPException:
+    count = f"{jobs} job(s)" if jobs else "jobs"
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        detail=f"dataset {dataset_id} is used by {count}; it is kept so that their results stay reproducible",
+    )

@@ -1,0 +1,107 @@
+"""``lambdahat serve``: prepare the data dir, database and local key, then run the API with uvicorn.
+
+On first start a local key is created and written to ``<data_dir>/api_key`` (mode 0600, owner
+"local", scopes admin and run-code): the CLI and the client read it from there, so a laptop user
+never handles keys. Binding anything but a loopback address requires at least one key created
+explicitly (``lambdahat keys create``): the local key alone must not open the service to a network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from api.auth.keys import authenticate, create_key, hash_key
+from api.db import session_scope
+from api.models import ApiKey
+from api.settings import Settings, get_settings
+from api.storage import ArtifactStore
+
+LOCAL_KEY_FILE = "api_key"
+LOCAL_OWNER = "local"
+
+
+class ServerConfigError(RuntimeError):
+    """The server refuses to start; the message says what to do."""
+
+
+def local_key_path(settings: Settings) -> Path:
+    return settings.data_dir / LOCAL_KEY_FILE
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: assume it is reachable from outside
+
+
+def ensure_local_key(settings: Settings) -> str:
+    """The key in ``<data_dir>/api_key``, created (or replaced, if the database no longer knows it)."""
+    path = local_key_path(settings)
+    if path.exists():
+        existing = path.read_text().strip()
+        with session_scope(settings) as session:
+            if existing and authenticate(session, existing) is not None:
+                return existing
+    with session_scope(settings) as session:
+        _, plaintext = create_key(session, name="local", owner=LOCAL_OWNER, scopes=["admin", "run-code"])
+    # Write with owner-only permissions from the start (never world-readable, even briefly).
+    tmp = path.with_name(f".{LOCAL_KEY_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plaintext + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return plaintext
+
+
+def explicit_key_count(settings: Settings, local_key: str | None) -> int:
+    """Active keys other than the data dir's local key."""
+    local_hash = hash_key(local_key) if local_key else ""
+    with session_scope(settings) as session:
+        hashes = session.scalars(select(ApiKey.key_hash).where(ApiKey.revoked_at.is_(None))).all()
+    return sum(1 for h in hashes if h != local_hash)
+
+
+def prepare(settings: Settings, host: str) -> str:
+    """Everything ``serve`` does before listening; returns the local key. Raises ServerConfigError."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.is_sqlite:
+        from api.migrate import upgrade
+
+        upgrade(settings)
+    store = ArtifactStore(settings)
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.cleanup_staging()
+    local_key = ensure_local_key(settings)
+    if not is_loopback(host) and explicit_key_count(settings, local_key) == 0:
+        raise ServerConfigError(
+            f"refusing to bind {host}: it is not a loopback address and no API key exists besides the local one "
+            f"in {local_key_path(settings)}. Create keys for the clients that will connect "
+            "(lambdahat keys create --name NAME), or bind 127.0.0.1."
+        )
+    return local_key
+
+
+def run_server(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = settings or get_settings()
+    try:
+        prepare(settings, host)
+    except ServerConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    mode = "embedded (local job dispatcher)" if settings.embedded else f"distributed (broker {settings.broker_url})"
+    print(f"lambdahat API on http://{host}:{port} ({mode}); data dir {settings.data_dir}; "
+          f"local API key in {local_key_path(settings)}", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -1,0 +1,80 @@
+"""Load stored artifacts inside a job process: models (built-in architecture + weights, or a .pt2
+archive) and datasets (memory-mapped where the file layout allows it).
+
+``load_model`` with format "pt2" runs code from the archive (``torch.export.load`` unpickles some
+entries without ``weights_only``): it must only ever be called inside a per-job process, never in the
+API, and only for archives uploaded by keys with the ``run-code`` scope.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from api.formats import TensorInfo, read_npz, read_safetensors
+from worker.architectures import build_model
+
+
+def load_model(path: Path, format: str, architecture: dict[str, Any] | None) -> torch.nn.Module:  # noqa: A002
+    """The checkpoint as a module in eval mode (for .pt2: the exported program's module).
+
+    safetensors/pt: the architecture is built and the state_dict loaded strictly. The module is
+    float64 when every floating tensor in the checkpoint is float64, else float32 (half-precision
+    weights are upcast).
+    """
+    path = Path(path)
+    if format == "pt2":
+        # Exported modules reject .train()/.eval(); they run as exported.
+        return torch.export.load(str(path)).module()
+    if format not in ("safetensors", "pt"):
+        raise ValueError(f"unknown checkpoint format {format!r} (expected safetensors, pt or pt2)")
+    if architecture is None:
+        raise ValueError(f"a {format} checkpoint needs an architecture config")
+    if format == "safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    model = build_model(architecture)
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    if floating and all(d == torch.float64 for d in floating):
+        model = model.double()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_dataset(path: Path, format: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
+    """``(x, y)`` with the dtypes as stored, memory-mapped (copy-on-write) when the file allows it:
+    always for safetensors, for npz members stored uncompressed; compressed npz members are read."""
+    path = Path(path)
+    if format == "safetensors":
+        tensors = read_safetensors(path)
+    elif format == "npz":
+        tensors = read_npz(path)
+    else:
+        raise ValueError(f"unknown dataset format {format!r} (expected safetensors or npz)")
+    return _tensor(path, tensors["x"]), _tensor(path, tensors["y"])
+
+
+def _tensor(path: Path, info: TensorInfo) -> torch.Tensor:
+    if info.file_offset is not None and info.numel > 0:
+        # mode "c": private copy-on-write mapping, so torch gets a writable array without copying the file.
+        array = np.memmap(
+            path, dtype=info.numpy_dtype, mode="c", offset=info.file_offset, shape=info.shape,
+            order="F" if info.fortran_order else "C",
+        )
+    elif info.file_offset is not None:
+        array = np.zeros(info.shape, dtype=info.numpy_dtype)
+    else:
+        assert info.npz_member is not None
+        with zipfile.ZipFile(path) as zf, zf.open(info.npz_member) as member:
+            array = np.lib.format.read_array(member, allow_pickle=False)
+    tensor = torch.from_numpy(array)
+    if info.dtype == "bfloat16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor
