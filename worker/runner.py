@@ -195,7 +195,7 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
     if device and config.get("device", "auto") == "auto":
         config["device"] = device
     try:
-        llc_config = LLCConfig(**config)
+        llc_config = LLCConfig.from_dict(config) if hasattr(LLCConfig, "from_dict") else LLCConfig(**config)
     except (TypeError, ValueError) as exc:
         raise StepError("checking the config", exc) from exc
     with session_scope(settings) as session:
@@ -246,6 +246,8 @@ SUMMARY_FIELDS = ("llc_mean", "llc_std", "llc_per_chain", "init_loss", "nbeta", 
 def _config_dict(config: Any) -> dict[str, Any]:
     import dataclasses
 
+    if hasattr(config, "to_dict"):
+        return _json_safe(config.to_dict())
     if dataclasses.is_dataclass(config):
         return _json_safe(dataclasses.asdict(config))
     if hasattr(config, "model_dump"):
@@ -272,7 +274,10 @@ def _json_safe(value: Any) -> Any:
 
 def result_rows(result: Any) -> dict[str, Any]:
     """The keyword arguments of ``lifecycle.finish_succeeded`` for an ``LLCResult``."""
-    full = result.to_dict()
+    try:
+        full = result.to_dict(include_traces=False)  # the traces are stored as chunks, not JSON
+    except TypeError:
+        full = result.to_dict()
     summary = _json_safe({k: full[k] for k in SUMMARY_FIELDS if k in full})
     loss_trace = np.asarray(result.loss_trace, dtype=np.float64)
     llc_trace = np.asarray(result.llc_trace, dtype=np.float64)

@@ -20,7 +20,7 @@ MAX_CHAINS = 64
 # Upper bounds that keep one job's step count finite even before settings-dependent checks run.
 MAX_BURNIN_STEPS = 10_000_000
 MAX_STEPS_BETWEEN_DRAWS = 10_000
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3}|mps)$")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3})$")
 
 
 class LLCConfigIn(BaseModel):
@@ -51,6 +51,15 @@ class LLCConfigIn(BaseModel):
                                description="auto, cpu, cuda or cuda:N; 'auto' lets the worker choose (--device).")
     dtype: Literal["float32", "float64"] | None = Field(None, description="Computation dtype.")
     chain_mode: Literal["auto", "vmap", "sequential"] | None = Field(None, description="How chains run.")
+    max_chains_per_chunk: int | None = Field(None, ge=1, le=MAX_CHAINS,
+                                             description="Vectorise at most this many chains at once (memory).")
+    target_bias: float | None = Field(None, gt=0, lt=0.5, allow_inf_nan=False,
+                                      description="Discretisation bias the automatic epsilon aims at (0.01 = 1%).")
+    rhat_threshold: float | None = Field(None, gt=1, le=100, allow_inf_nan=False,
+                                         description="R-hat above this gives a warning.")
+    min_ess: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False,
+                                  description="Bulk ESS below this gives a warning.")
+    mala_band: tuple[float, float] | None = Field(None, description="Healthy MALA acceptance band (low, high).")
 
     @model_validator(mode="before")
     @classmethod
@@ -61,6 +70,13 @@ class LLCConfigIn(BaseModel):
                 raise ValueError(f"unknown config field(s) {', '.join(unknown)}; "
                                  f"LLCConfig fields are: {', '.join(cls.model_fields)}")
         return data
+
+    @field_validator("mala_band")
+    @classmethod
+    def _band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("mala_band must be [low, high] with 0 <= low < high <= 1")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -86,7 +102,8 @@ class JobCreate(BaseModel):
 
     def config_dict(self) -> dict[str, Any]:
         """Only the fields the caller set (explicit nulls dropped): what is stored as ``config``."""
-        return {k: v for k, v in self.config.model_dump(exclude_unset=True).items() if v is not None}
+        fields = self.config.model_dump(exclude_unset=True, mode="json")
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 def check_config_against(config: dict[str, Any], *, n: int, max_draws: int) -> str | None:
