@@ -115,7 +115,7 @@ def op_upload_dataset(source: Any, name: str | None) -> Operation[Dataset]:
 
 def _checkpoint_source(source: Any, architecture: dict[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
     """An nn.Module becomes its state_dict, with its architecture inferred when not given."""
-    if serialize.is_torch_object(source) and hasattr(source, "state_dict"):
+    if serialize.is_torch_module(source):
         if architecture is None:
             architecture = serialize.infer_architecture(source)
         source = source.state_dict()
@@ -414,7 +414,7 @@ def op_estimate(
     timeout: float | None,
     poll: float,
 ) -> Operation[Job]:
-    if not (serialize.is_torch_object(model) and hasattr(model, "state_dict")):
+    if not serialize.is_torch_module(model):
         raise TypeError(f"estimate() needs a torch.nn.Module, got {type(model).__name__}")
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise TypeError("estimate() needs data as an (inputs, targets) pair")

@@ -7,6 +7,7 @@ client never pays for it.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -23,9 +24,20 @@ ACTIVATIONS = {
     "Identity": "identity",
 }
 
-def is_torch_object(value: Any) -> bool:
-    """True for torch tensors and modules, decided without importing torch."""
-    return type(value).__module__.split(".")[0] == "torch"
+def _loaded_torch() -> Any:
+    # Whoever holds a tensor or a module has imported torch already: no need to import it here.
+    return sys.modules.get("torch")
+
+
+def is_torch_tensor(value: Any) -> bool:
+    torch = _loaded_torch()
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def is_torch_module(value: Any) -> bool:
+    """True for any ``torch.nn.Module`` (user subclasses included), decided without importing torch."""
+    torch = _loaded_torch()
+    return torch is not None and isinstance(value, torch.nn.Module)
 
 
 def dataset_to_safetensors(arrays: Mapping[str, Any]) -> bytes:
@@ -35,7 +47,7 @@ def dataset_to_safetensors(arrays: Mapping[str, Any]) -> bytes:
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ValueError(f"a dataset dict needs arrays 'x' and 'y'; missing {missing} (got keys {sorted(arrays)})")
-    if any(is_torch_object(v) for v in arrays.values()):
+    if any(is_torch_tensor(v) for v in arrays.values()):
         import torch
         from safetensors.torch import save
 
