@@ -11,6 +11,10 @@ A runner's ``attempt`` number (the value of ``attempts`` its claim produced) is 
 heartbeats and the final write only apply while the row is still ``running`` with that attempt, so
 a runner that was given up on (and whose job was re-claimed elsewhere) can never overwrite the
 newer attempt's state. Torch-free: the API process uses this module too.
+
+UPDATEs run with ``synchronize_session=False``: the ORM would otherwise re-evaluate their WHERE
+clauses against loaded objects in Python (SQLite hands back naive datetimes, which cannot be
+compared with aware ones); callers re-read the rows they need.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def claim(session: Session, job_id: str, worker: str) -> int | None:
     """queued -> running. Returns this run's attempt number, or None when someone else has it."""
     now = utcnow()
     result = session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=RUNNING, attempts=Job.attempts + 1, worker=worker, started_at=now, heartbeat_at=now,
                 finished_at=None, progress=0.0, draws_done=0)
@@ -55,7 +59,7 @@ class HeartbeatReply:
 
 def heartbeat(session: Session, job_id: str, attempt: int, *, progress: float, draws_done: int) -> HeartbeatReply:
     result = session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
         .values(heartbeat_at=utcnow(), progress=max(0.0, min(1.0, progress)), draws_done=draws_done)
     )
@@ -67,7 +71,7 @@ def heartbeat(session: Session, job_id: str, attempt: int, *, progress: float, d
 
 def set_resolved_config(session: Session, job_id: str, attempt: int, resolved_config: dict[str, Any]) -> None:
     session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
         .values(resolved_config=resolved_config)
     )
@@ -96,7 +100,7 @@ def finish_succeeded(
     if resolved_config is not None:
         values["resolved_config"] = resolved_config
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt).values(**values)
+        update(Job).execution_options(synchronize_session=False).where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt).values(**values)
     )
     if result.rowcount != 1:
         session.rollback()
@@ -114,7 +118,7 @@ def finish_unsuccessfully(session: Session, job_id: str, attempt: int, *, status
     """running -> failed | cancelled for this attempt."""
     assert status in (FAILED, CANCELLED)
     result = session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
         .values(status=status, finished_at=utcnow(), error=error)
     )
@@ -180,7 +184,7 @@ def release_lost_attempt(
         )
         if refund_attempt:
             values["attempts"] = Job.attempts - 1
-    result = session.execute(update(Job).where(*conditions).values(**values))
+    result = session.execute(update(Job).execution_options(synchronize_session=False).where(*conditions).values(**values))
     if result.rowcount != 1:
         return None
     attempts = job.attempts - 1 if (refund_attempt and outcome == "requeued") else job.attempts
@@ -219,7 +223,7 @@ def queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] = (),
 def touch_queued(session: Session, job_id: str, *, queued_before: datetime) -> bool:
     """Mark a long-waiting queued job as re-enqueued now (one of several concurrent reapers wins)."""
     result = session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == QUEUED, Job.queued_at < queued_before)
         .values(queued_at=utcnow())
     )
@@ -229,7 +233,7 @@ def touch_queued(session: Session, job_id: str, *, queued_before: datetime) -> b
 def fail_unstarted(session: Session, job_id: str, error: str) -> bool:
     """A queued job whose process could not even start (repeatedly): fail it with the reason."""
     result = session.execute(
-        update(Job)
+        update(Job).execution_options(synchronize_session=False)
         .where(Job.id == job_id, Job.status == QUEUED)
         .values(status=FAILED, finished_at=utcnow(), error=error)
     )

@@ -93,7 +93,7 @@ class JobRepository:
         """queued -> cancelled, atomically (a worker may be claiming it right now)."""
         now = utcnow()
         result = self.session.execute(
-            update(Job)
+            update(Job).execution_options(synchronize_session=False)
             .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.queued.value)
             .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now,
                     error="cancelled before it started")
@@ -103,7 +103,7 @@ class JobRepository:
     def request_cancel_if_running(self, job_id: str) -> bool:
         """Flag a running job; its runner notices within seconds and marks it cancelled."""
         result = self.session.execute(
-            update(Job)
+            update(Job).execution_options(synchronize_session=False)
             .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.running.value)
             .values(cancel_requested=True)
         )
