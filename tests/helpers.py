@@ -201,3 +201,34 @@ def upload_checkpoint(client, path: Path, architecture: dict[str, Any] | None = 
 def upload_dataset(client, path: Path, **fields: Any):  # noqa: ANN001, ANN201
     with open(path, "rb") as f:
         return client.post("/v1/datasets", files={"file": (Path(path).name, f)}, data={k: str(v) for k, v in fields.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# What is stored
+
+
+def stored_files(settings) -> list[str]:  # noqa: ANN001
+    """Every file under the artifact dir (staging included), relative, except the lock file."""
+    root = Path(settings.artifact_dir)
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+def row_counts(settings) -> dict[str, int]:  # noqa: ANN001
+    from sqlalchemy import func, select
+
+    from api.db import session_scope
+    from api.models import Checkpoint, Dataset
+
+    with session_scope(settings) as session:
+        return {
+            "datasets": session.scalar(select(func.count()).select_from(Dataset)),
+            "checkpoints": session.scalar(select(func.count()).select_from(Checkpoint)),
+        }
+
+
+def assert_nothing_stored(settings) -> None:  # noqa: ANN001
+    """No artifact rows and no files (stored or staged) exist: a refused upload left nothing behind."""
+    assert row_counts(settings) == {"datasets": 0, "checkpoints": 0}
+    assert stored_files(settings) == []
