@@ -20,8 +20,13 @@ from api.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
-    """Build the app. ``run_dispatcher`` (default: embedded mode) starts the local job dispatcher."""
+    """Build the app. ``run_dispatcher`` (default: embedded mode) starts the local job dispatcher.
+
+    In distributed mode the default instead runs the reaper (re-queues jobs of dead workers, re-sends
+    jobs a broker lost); ``run_dispatcher=False`` runs neither.
+    """
     settings = settings or get_settings()
+    run_reaper = run_dispatcher is None and not settings.embedded
     if run_dispatcher is None:
         run_dispatcher = settings.embedded
 
@@ -37,6 +42,10 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
 
             dispatcher = EmbeddedDispatcher(settings)
             dispatcher.start()
+        elif run_reaper:
+            from worker.reaper import start_reaper
+
+            dispatcher = start_reaper(settings)
         try:
             yield
         finally:
