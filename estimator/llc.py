@@ -1,0 +1,649 @@
+"""``estimate_llc``: the local learning coefficient of a model at its current weights.
+
+    λ̂(w*) = nβ (E_w[L_n(w)] - L_n(w*)),  w ~ exp(-nβ L_n(w) - γ/2 ||w - w*||²)
+
+The run, top-down:
+
+1. Resolve data, loss, device and dtype; flatten the model's trainable parameters into w*.
+2. ``L_n(w*)`` over the whole dataset (batched, no grad), or a stated subsample when n is huge.
+3. Pick the chain mode: ``vmap`` over chains if the model can be traced, else sequential autograd.
+4. Curvature: the top Hessian eigenvalue at w* by Hessian-vector-product power iteration.
+5. Burn-in (warm-up). With the automatic step size, the curvature is measured again at the chains'
+   positions on a doubling schedule and ε only ever decreases, so the sampling phase runs with a
+   fixed ε that is safe for the region the chains actually visit.
+6. Sampling with fixed ε: the minibatch loss at every step goes into a preallocated buffer; draws
+   are every ``num_steps_bw_draws``-th step. A few steps also measure the MALA acceptance.
+7. Diagnostics and warnings (estimator/report.py).
+
+Chains are processed in lockstep, chunk by chunk within each step, so every decision (ε changes,
+divergence checks, stops) sees all chains at the same step and results do not depend on chunking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import defaults
+from .config import LLCConfig
+from .data import materialise, to_device
+from .functional import FlatModel, Kernels, probe_vmap
+from .losses import LossFn, resolve_loss
+from .report import build_report
+from .result import LLCResult, ProgressEvent
+from .samplers import KERNELS
+
+ProgressCallback = Callable[[ProgressEvent], Any]
+
+PROGRESS_INTERVAL_S = 0.5
+# Above this many samples L_n(w*) is computed on a fixed random subsample of this size (stated in the result).
+MAX_INIT_LOSS_SAMPLES = 2_000_000
+
+
+def estimate_llc(
+    model: torch.nn.Module,
+    data,
+    loss: str | LossFn = "cross_entropy",
+    config: LLCConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights.
+
+    Args:
+        model: any ``torch.nn.Module`` (also the module of a ``torch.export`` program). Its weights
+            are never modified; ordinary modules are put in eval mode while sampling and restored.
+        data: an ``(inputs, targets)`` pair of tensors, or a ``torch.utils.data.Dataset`` of pairs.
+        loss: "cross_entropy", "mse", "nll", "bce_with_logits", or ``(outputs, targets) -> mean loss``.
+        config: an :class:`LLCConfig`; ``None`` means ``LLCConfig()`` (automatic settings).
+        progress: called with a :class:`ProgressEvent` at most every 0.5 s; returning ``False``
+            stops sampling and returns the draws completed so far (``result.stopped`` is True).
+    """
+    started = time.perf_counter()
+    if config is None:
+        config = LLCConfig()
+    if not isinstance(config, LLCConfig):
+        raise ValueError(f"config must be an LLCConfig; got {type(config).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if progress is not None and not callable(progress):
+        raise ValueError("progress must be a callable taking a ProgressEvent, or None")
+    loss_name, loss_fn = resolve_loss(loss)
+    device = _resolve_device(config.device)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    inputs, targets = materialise(data)
+    inputs, targets = to_device(inputs, targets, loss_name, device, dtype)
+
+    with _sampling_mode(model), torch.random.fork_rng(devices=[]):
+        flat = FlatModel(model, loss_fn, device, dtype)
+        run = _Run(flat, inputs, targets, config, progress, started)
+        return run.execute()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"LLCConfig.device is {name!r} but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"LLCConfig.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return device
+
+
+@contextlib.contextmanager
+def _sampling_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode while sampling (dropout off, batch-norm statistics frozen), restored afterwards.
+
+    The module of a ``torch.export`` program refuses ``.train()/.eval()``; it was exported in the
+    mode it runs in, so it is left alone.
+    """
+    was_training = model.training
+    switched = False
+    try:
+        model.eval()
+        switched = True
+    except (NotImplementedError, RuntimeError):
+        pass
+    try:
+        yield
+    finally:
+        if switched:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                model.train(was_training)
+
+
+class _Stopped(Exception):
+    """Raised inside the loop when the progress callback asks to stop."""
+
+
+class _AllDiverged(Exception):
+    """Raised inside the loop when no healthy chain is left."""
+
+
+@dataclass
+class _Chunk:
+    """A group of chains that run through one vectorised call."""
+
+    chains: list[int]  # global chain indices, ascending
+    rows: torch.Tensor  # the same, as a device tensor (for index_copy_ into the loss record)
+    w: torch.Tensor  # (chains, P): this chunk's parameters
+    state: Any  # the sampler state over {"w": w}
+    perms: torch.Tensor | None  # (chains, n): this epoch's minibatch order of each chain
+    data_gens: list[torch.Generator]
+    noise_gens: list[torch.Generator]
+    noise: torch.Tensor  # (chains, P) scratch for the step's noise
+
+
+class _Run:
+    def __init__(self, flat: FlatModel, inputs, targets, config: LLCConfig, progress, started: float):
+        self.flat = flat
+        self.x = inputs
+        self.y = targets
+        self.config = config
+        self.progress = progress
+        self.started = started
+        self.device = flat.w_star.device
+        self.dtype = flat.w_star.dtype
+        self.n = int(inputs.shape[0])
+        self.P = flat.num_params
+        self.C = config.num_chains
+        self.nbeta = float(config.nbeta) if config.nbeta is not None else defaults.nbeta(self.n)
+        self.gamma = float(config.gamma) if config.gamma is not None else defaults.gamma(self.n, self.nbeta)
+        self.batch_size = min(config.batch_size or defaults.batch_size(self.n), self.n)
+        self.notes: list[dict[str, Any]] = []  # warnings raised while running
+        self.static_batch = flat.static_batch
+        if self.static_batch is not None:
+            if self.n < self.static_batch:
+                raise ValueError(
+                    f"the exported model only accepts batches of {self.static_batch} samples but the data has {self.n}; "
+                    "export it with dynamic_shapes for the batch dimension"
+                )
+            if config.batch_size is not None and config.batch_size != self.static_batch:
+                self._note(
+                    "static_batch",
+                    f"the exported model only accepts batches of {self.static_batch} samples, so batch_size "
+                    f"{config.batch_size} was replaced by {self.static_batch}; export with dynamic_shapes to choose",
+                )
+            self.batch_size = self.static_batch
+        self.shared_batch = self.batch_size == self.n
+        self.timings: dict[str, float] = {}
+        self.last_progress = -math.inf
+        self.steps_done = 0
+        self.total_steps = 0
+        self.phase = "burnin"
+        self.draws_done = [0] * self.C
+        self.num_draws = 0
+        self.diverged: dict[int, dict[str, Any]] = {}
+        # One independent stream for the run's own choices (curvature probes), one pair per chain.
+        self.seed_children = np.random.SeedSequence(config.seed).spawn(1 + self.C)
+
+    # ------------------------------------------------------------------ top level
+    def execute(self) -> LLCResult:
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.init_loss, self.init_loss_samples = self._init_loss()
+        if not math.isfinite(self.init_loss):
+            raise ValueError(
+                f"the loss at the given weights is not finite ({self.init_loss}); check the model, data and loss"
+            )
+        self._choose_chain_mode()
+        self.timings["init_loss_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        aux = torch.Generator(device=self.device)
+        aux.manual_seed(int(self.seed_children[0].generate_state(1)[0]))
+        self.aux_gen = aux
+        self.curv_x, self.curv_y = self._curvature_batch()
+        self.h_star, self.curv_vec = self._top_curvature(self.flat.w_star.unsqueeze(0), None, iters=20)
+        self.h_star = float(self.h_star)
+        self.h_seen = self.h_star
+        self.epsilon = float(cfg.epsilon) if cfg.epsilon is not None else self._epsilon_for(self.h_seen)
+        self.timings["curvature_s"] = time.perf_counter() - t0
+
+        self._make_chunks()
+        self.num_burnin = (
+            cfg.num_burnin_steps if cfg.num_burnin_steps is not None else defaults.burnin_steps(self)
+        )
+        self.num_draws = cfg.num_draws if cfg.num_draws is not None else defaults.num_draws(self)
+        self.total_steps = self.num_burnin + self._sampling_steps()
+        stopped = False
+        self.sample_steps_done = 0
+        self.sample_losses = torch.empty((0, self.C), dtype=torch.float64, device=self.device)
+        self.mala_sum = torch.zeros(self.C, dtype=torch.float64, device=self.device)
+        self.mala_count = torch.zeros(self.C, dtype=torch.float64, device=self.device)
+        self.burnin_restarts = 0
+        t_burnin = time.perf_counter()
+        t_sampling = None
+        try:
+            self._burnin()
+            t_sampling = time.perf_counter()
+            self._sample()
+        except _Stopped:
+            stopped = True
+        except _AllDiverged:
+            pass
+        t_end = time.perf_counter()
+        self.timings["burnin_s"] = (t_sampling or t_end) - t_burnin
+        self.timings["sampling_s"] = t_end - t_sampling if t_sampling is not None else 0.0
+        self.timings["total_s"] = time.perf_counter() - self.started
+        busy = self.timings["burnin_s"] + self.timings["sampling_s"]
+        self.timings["steps_per_s"] = self.steps_done / busy if busy > 0 else float("nan")
+        self.timings["chain_steps_per_s"] = self.timings["steps_per_s"] * self.C
+        return build_report(self, stopped)
+
+    # ------------------------------------------------------------------ setup
+    @torch.no_grad()
+    def _init_loss(self) -> tuple[float, int]:
+        """L_n(w*) over all samples (or a fixed subsample when n is huge), in batches."""
+        idx = None
+        count = self.n
+        if self.n > MAX_INIT_LOSS_SAMPLES:
+            gen = torch.Generator().manual_seed(self.config.seed)
+            idx = torch.randperm(self.n, generator=gen)[:MAX_INIT_LOSS_SAMPLES].to(self.device)
+            count = MAX_INIT_LOSS_SAMPLES
+        eval_batch = max(self.batch_size if self.config.batch_size else 0, 4096)
+        if self.static_batch is not None:
+            # A static-batch export: whole batches only (the last n mod b samples are left out, stated).
+            eval_batch = self.static_batch
+            count = (count // eval_batch) * eval_batch
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for start in range(0, count, eval_batch):
+            stop = min(count, start + eval_batch)
+            if idx is None:
+                xb, yb = self.x[start:stop], self.y[start:stop]
+            else:
+                xb, yb = self.x[idx[start:stop]], self.y[idx[start:stop]]
+            total += self.flat.loss(self.flat.w_star, xb, yb).double() * (stop - start)
+        return float(total / count), count
+
+    def _choose_chain_mode(self) -> None:
+        mode = self.config.chain_mode
+        w = self.flat.w_star.unsqueeze(0).expand(2, -1).clone()
+        m = self.static_batch or min(self.batch_size, 8)
+        xb = self.x[:m].unsqueeze(0).expand(2, *self.x[:m].shape)
+        yb = self.y[:m].unsqueeze(0).expand(2, *self.y[:m].shape)
+        self.kernels, failure = probe_vmap(lambda v: Kernels(self.flat, v), w, xb, yb)
+        self.vmappable = failure is None
+        if mode == "sequential":
+            self.chain_mode = "sequential"
+            self.chain_mode_reason = "requested (chain_mode='sequential')" + (
+                "; runs the vmapped kernel one chain at a time, bit-identical to vmap mode"
+                if self.vmappable
+                else f"; the model cannot be vmapped ({failure})"
+            )
+            self.chunk_size = 1
+            return
+        if self.vmappable:
+            self.chain_mode = "vmap"
+            self.chunk_size = self.config.max_chains_per_chunk or defaults.chunk_size(self)
+            self.chunk_size = min(self.chunk_size, self.C)
+            self.chain_mode_reason = (
+                "requested (chain_mode='vmap')"
+                if mode == "vmap"
+                else "auto: the model supports torch.func.vmap"
+            )
+            if self.chunk_size < self.C:
+                self.chain_mode_reason += f"; chains run in chunks of {self.chunk_size} to bound memory"
+            return
+        self.chain_mode = "sequential"
+        self.chunk_size = 1
+        self.chain_mode_reason = f"the model cannot be vmapped, so chains run one at a time ({failure})"
+        self._note(
+            "vmap_unavailable",
+            f"chains ran sequentially because torch.func.vmap failed on this model: {failure}",
+        )
+
+    def _curvature_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.static_batch or min(self.n, defaults.CURVATURE_SAMPLES)
+        if size == self.n:
+            return self.x, self.y
+        idx = torch.randperm(self.n, generator=self.aux_gen, device=self.device)[:size]
+        return self.x[idx], self.y[idx]
+
+    def _make_chunks(self) -> None:
+        seeds = self.seed_children[1:]
+        self.chunks: list[_Chunk] = []
+        for start in range(0, self.C, self.chunk_size):
+            chains = list(range(start, min(self.C, start + self.chunk_size)))
+            data_gens, noise_gens = [], []
+            for c in chains:
+                data_seed, noise_seed = seeds[c].generate_state(2)
+                data_gens.append(torch.Generator(device=self.device).manual_seed(int(data_seed)))
+                noise_gens.append(torch.Generator(device=self.device).manual_seed(int(noise_seed)))
+            w = self.flat.w_star.unsqueeze(0).repeat(len(chains), 1)
+            chunk = _Chunk(
+                chains=chains,
+                rows=torch.tensor(chains, device=self.device),
+                w=w,
+                state=None,
+                perms=None,
+                data_gens=data_gens,
+                noise_gens=noise_gens,
+                noise=torch.empty_like(w),
+            )
+            self.chunks.append(chunk)
+        self._build_sampler()
+        for chunk in self.chunks:
+            self._fill_noise(chunk)
+            chunk.state = self.sampler.init({"w": chunk.w}, {"w": chunk.noise})
+        self.batch_pos = self.n  # forces a fresh permutation at the first step
+
+    def _build_sampler(self) -> None:
+        module = KERNELS[self.config.sampler]
+        self.sampler = module.build(self.epsilon, self.gamma, self.nbeta, {"w": self.flat.w_star})
+
+    def _epsilon_for(self, h_max: float) -> float:
+        """The step size whose quadratic bias factor 1/(1 - εa/4) at curvature h_max is 1 + target_bias."""
+        a_max = self.nbeta * max(h_max, 0.0) + self.gamma
+        t = self.config.target_bias
+        return 4.0 * (t / (1.0 + t)) / a_max
+
+    def _sampling_steps(self) -> int:
+        return (self.num_draws - 1) * self.config.num_steps_bw_draws + 1 if self.num_draws > 0 else 0
+
+    # ------------------------------------------------------------------ curvature
+    def _top_curvature(
+        self, w: torch.Tensor, v0: torch.Tensor | None, iters: int
+    ) -> tuple[float, torch.Tensor]:
+        """max over rows of |top eigenvalue| of the Hessian of L on the curvature batch at w."""
+        if v0 is None or v0.shape != w.shape:
+            v = torch.randn(w.shape, generator=self.aux_gen, device=self.device, dtype=self.dtype)
+        else:
+            v = v0.clone()
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        eig = torch.zeros(w.shape[0], device=self.device, dtype=self.dtype)
+        for _ in range(iters):
+            hv = self.kernels.hvp(w, v, self.curv_x, self.curv_y)
+            eig = (v * hv).sum(dim=1)
+            norm = hv.norm(dim=1, keepdim=True)
+            if not bool(torch.isfinite(norm).all()):
+                return float("inf"), v
+            v = torch.where(norm > 0, hv / norm.clamp_min(1e-30), v)
+        return float(eig.abs().max()), v
+
+    def _measure_chain_curvature(self) -> float:
+        h = 0.0
+        vecs = []
+        offset = 0
+        for chunk in self.chunks:
+            k = chunk.w.shape[0]
+            v0 = self.chain_curv_vec[offset : offset + k] if self.chain_curv_vec is not None else None
+            hk, vk = self._top_curvature(chunk.w, v0, iters=defaults.WARMUP_POWER_ITERS)
+            h = max(h, hk)
+            vecs.append(vk)
+            offset += k
+        self.chain_curv_vec = torch.cat(vecs) if vecs else None
+        return h
+
+    # ------------------------------------------------------------------ stepping
+    def _fill_noise(self, chunk: _Chunk) -> None:
+        for i, gen in enumerate(chunk.noise_gens):
+            chunk.noise[i].normal_(generator=gen)
+
+    def _next_batch_position(self) -> int:
+        """Start of this step's minibatch in every chain's current permutation (all chains in lockstep)."""
+        if self.batch_pos + self.batch_size > self.n:
+            for chunk in self.chunks:
+                chunk.perms = torch.stack(
+                    [torch.randperm(self.n, generator=g, device=self.device) for g in chunk.data_gens]
+                )
+            self.batch_pos = 0
+        pos = self.batch_pos
+        self.batch_pos += self.batch_size
+        return pos
+
+    def _batch(self, chunk: _Chunk, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = chunk.perms[:, pos : pos + self.batch_size]
+        return self.x[idx], self.y[idx]
+
+    def _step_all(self, record: torch.Tensor, mala: bool = False) -> None:
+        """One sampler step of every chain; the loss at the pre-step weights goes into ``record``."""
+        pos = None if self.shared_batch else self._next_batch_position()
+        for chunk in self.chunks:
+            xb, yb = (self.x, self.y) if pos is None else self._batch(chunk, pos)
+            grads, losses = self.kernels.grad_and_loss(chunk.w, xb, yb, self.shared_batch)
+            record.index_copy_(0, chunk.rows, losses.to(record.dtype))
+            self._fill_noise(chunk)
+            if mala:
+                self._mala_step(chunk, xb, yb, grads, losses)
+            else:
+                self.sampler.update(chunk.state, {"w": grads}, {"w": chunk.noise})
+        self.steps_done += 1
+
+    def _mala_step(self, chunk: _Chunk, xb, yb, grads, losses) -> None:
+        """The ordinary update, plus the Metropolis-adjusted Langevin log acceptance of the move."""
+        w_old = chunk.w.clone()
+        scale = self.sampler.drift_scale(chunk.state)
+        m = None if scale is None else scale["w"]
+        self.sampler.update(chunk.state, {"w": grads}, {"w": chunk.noise})
+        new_grads, new_losses = self.kernels.grad_and_loss(chunk.w, xb, yb, self.shared_batch)
+        w_star = self.flat.w_star
+        eps = self.epsilon
+
+        def energy(w, loss):
+            return self.nbeta * loss.double() + 0.5 * self.gamma * (w - w_star).double().pow(2).sum(1)
+
+        def grad_energy(w, g):
+            return self.nbeta * g + self.gamma * (w - w_star)
+
+        def log_q(to, frm, g_frm):
+            step = grad_energy(frm, g_frm)
+            if m is None:
+                diff = to - frm + 0.5 * eps * step
+                return -(diff.double().pow(2)).sum(1) / (2 * eps)
+            diff = to - frm + 0.5 * eps * m * step
+            return -(diff.double().pow(2) / m.double()).sum(1) / (2 * eps)
+
+        log_alpha = (
+            energy(w_old, losses)
+            - energy(chunk.w, new_losses)
+            + log_q(w_old, chunk.w, new_grads)
+            - log_q(chunk.w, w_old, grads)
+        )
+        accept = torch.exp(torch.clamp(log_alpha, max=0.0))
+        self.mala_sum.index_add_(0, chunk.rows, accept)
+        self.mala_count.index_add_(0, chunk.rows, torch.ones_like(accept))
+
+    # ------------------------------------------------------------------ phases
+    def _burnin(self) -> None:
+        self.phase = "burnin"
+        self.burnin_losses = torch.full(
+            (self.num_burnin, self.C), float("nan"), dtype=torch.float64, device=self.device
+        )
+        self.chain_curv_vec = None
+        auto_eps = self.config.epsilon is None
+        next_check = defaults.FIRST_CURVATURE_CHECK if auto_eps else None
+        since_check = 0
+        t = 0
+        self.burnin_restarts = 0
+        while t < self.num_burnin:
+            self._step_all(self.burnin_losses[t])
+            t += 1
+            since_check += 1
+            if since_check >= defaults.CHECK_EVERY or t == self.num_burnin:
+                block = self.burnin_losses[t - since_check : t]
+                bad = self._bad_chains(block)
+                since_check = 0
+                if bad:
+                    if auto_eps and self.burnin_restarts < defaults.MAX_BURNIN_RESTARTS:
+                        self._restart_burnin(bad)
+                        t = 0
+                        next_check = defaults.FIRST_CURVATURE_CHECK
+                        continue
+                    self._mark_diverged(bad, phase="burnin", step=t)
+                self._report_progress()
+            if auto_eps and next_check is not None and t >= next_check:
+                self._adapt_epsilon()
+                next_check *= 2
+        if auto_eps and self.num_burnin > 0:
+            self._adapt_epsilon()
+        if hasattr(self.sampler, "freeze"):
+            for chunk in self.chunks:
+                self.sampler.freeze(chunk.state)
+        self._report_progress(force=True)
+
+    def _adapt_epsilon(self) -> None:
+        h = self._measure_chain_curvature()
+        if not math.isfinite(h):
+            return
+        self.h_seen = max(self.h_seen, h)
+        new_eps = self._epsilon_for(self.h_seen)
+        if new_eps < self.epsilon:
+            self.epsilon = new_eps
+            self._rebuild_sampler_keep_state()
+
+    def _rebuild_sampler_keep_state(self) -> None:
+        self._build_sampler()
+
+    def _restart_burnin(self, bad: list[int]) -> None:
+        """A chain blew up during warm-up: shrink ε, put every chain back at w*, start warm-up again."""
+        self.burnin_restarts += 1
+        self.epsilon /= defaults.RESTART_SHRINK
+        self._note(
+            "burnin_restart",
+            f"chain(s) {bad} diverged during warm-up; restarted every chain at w* with ε reduced to {self.epsilon:.3g}",
+        )
+        self.burnin_losses.fill_(float("nan"))
+        self._build_sampler()
+        for chunk in self.chunks:
+            chunk.w.copy_(self.flat.w_star.expand_as(chunk.w))
+            self._fill_noise(chunk)
+            chunk.state = self.sampler.init({"w": chunk.w}, {"w": chunk.noise})
+        self.chain_curv_vec = None
+
+    def _sample(self) -> None:
+        self.phase = "sampling"
+        steps = self._sampling_steps()
+        bw = self.config.num_steps_bw_draws
+        self.sample_losses = torch.full(
+            (steps, self.C), float("nan"), dtype=torch.float64, device=self.device
+        )
+        self.mala_sum = torch.zeros(self.C, dtype=torch.float64, device=self.device)
+        self.mala_count = torch.zeros(self.C, dtype=torch.float64, device=self.device)
+        mala_every = defaults.mala_every(steps, self.config.sampler)
+        since_check = 0
+        self.sample_steps_done = 0
+        for t in range(steps):
+            mala = mala_every is not None and t % mala_every == mala_every // 2
+            self._step_all(self.sample_losses[t], mala=mala)
+            self.sample_steps_done = t + 1
+            since_check += 1
+            if since_check >= defaults.CHECK_EVERY or t == steps - 1:
+                block = self.sample_losses[t + 1 - since_check : t + 1]
+                bad = self._bad_chains(block)
+                if bad:
+                    self._mark_diverged(bad, phase="sampling", step=t + 1 - since_check)
+                since_check = 0
+                done = t // bw + 1
+                self.draws_done = [
+                    self.diverged[c]["draws_done"] if c in self.diverged else done for c in range(self.C)
+                ]
+                self._report_progress(force=t == steps - 1)
+
+    # ------------------------------------------------------------------ health
+    def _bad_chains(self, block: torch.Tensor) -> list[int]:
+        """Chains whose loss went non-finite or exploded within ``block`` (steps × chains)."""
+        if block.numel() == 0:
+            return []
+        limit = self.init_loss + defaults.explosion_margin(self.P) / self.nbeta
+        finite = torch.isfinite(block)
+        exploded = finite & (block > limit)
+        bad_mask = ((~finite) | exploded).any(dim=0)
+        bad = [c for c in torch.nonzero(bad_mask).flatten().tolist() if c not in self.diverged]
+        return bad
+
+    def _mark_diverged(self, bad: list[int], phase: str, step: int) -> None:
+        bw = self.config.num_steps_bw_draws
+        suggestion = self._suggested_epsilon()
+        for c in bad:
+            draws = 0 if phase == "burnin" else max(0, (step + bw - 1) // bw)
+            self.diverged[c] = {
+                "chain": c,
+                "phase": phase,
+                "step": int(step),
+                "draws_done": int(min(draws, self.num_draws)),
+                "suggested_epsilon": suggestion,
+            }
+            self._note(
+                "diverged",
+                (
+                    f"chain {c} diverged during {phase} (loss became non-finite or exploded): the step size "
+                    f"ε = {self.epsilon:.3g} is too large for the curvature the chain met "
+                    f"(top Hessian eigenvalue seen ≈ {self.h_seen:.3g}, so ε·(nβ·h + γ)/4 = "
+                    f"{self.epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g}); try epsilon ≤ {suggestion:.3g}"
+                ),
+                chain=c,
+            )
+        # Drop the diverged chains from their chunks: they stop, the healthy ones go on.
+        for chunk in self.chunks:
+            keep = [i for i, c in enumerate(chunk.chains) if c not in self.diverged]
+            if len(keep) == len(chunk.chains):
+                continue
+            self._select_rows(chunk, keep)
+        self.chunks = [chunk for chunk in self.chunks if chunk.chains]
+        if not self.chunks:
+            raise _AllDiverged
+
+    def _select_rows(self, chunk: _Chunk, keep: list[int]) -> None:
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        old_w = chunk.w
+        chunk.chains = [chunk.chains[i] for i in keep]
+        chunk.rows = chunk.rows[index]
+        chunk.w = old_w[index].clone()
+        chunk.noise = chunk.noise[index].clone()
+        chunk.data_gens = [chunk.data_gens[i] for i in keep]
+        chunk.noise_gens = [chunk.noise_gens[i] for i in keep]
+        if chunk.perms is not None:
+            chunk.perms = chunk.perms[index]
+        chunk.state = _select_state(chunk.state, index, old_w.shape[0], {"w": chunk.w})
+
+    def _suggested_epsilon(self) -> float:
+        by_curvature = self._epsilon_for(self.h_seen)
+        return float(min(self.epsilon / 10.0, by_curvature))
+
+    def _note(self, code: str, message: str, chain: int | None = None) -> None:
+        self.notes.append({"code": code, "message": message, "chain": chain})
+
+    # ------------------------------------------------------------------ progress
+    def _report_progress(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last_progress < PROGRESS_INTERVAL_S:
+            return
+        self.last_progress = now
+        event = ProgressEvent(
+            phase=self.phase,
+            draws_done=list(self.draws_done),
+            num_draws=self.num_draws,
+            num_chains=self.C,
+            steps_done=self.steps_done,
+            total_steps=self.total_steps,
+            elapsed_s=now - self.started,
+        )
+        if self.progress(event) is False:
+            raise _Stopped
+
+
+def _select_state(state: Any, index: torch.Tensor, rows: int, params: dict[str, torch.Tensor]) -> Any:
+    """The sampler state restricted to some chains (tensors whose leading dim is the chain dim)."""
+
+    def pick(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows:
+            return value[index].clone()
+        if isinstance(value, dict):
+            return {k: pick(v) for k, v in value.items()}
+        return value
+
+    fields = {name: pick(getattr(state, name)) for name in state._fields}
+    fields["params"] = params
+    return type(state)(**fields)

@@ -1,0 +1,243 @@
+"""From a finished (or stopped) run to an ``LLCResult``: estimates, diagnostics and warnings.
+
+Warning codes (each a dict ``{"code", "message", "chain"}``):
+
+- ``diverged``: a chain's loss went non-finite or exploded; it stopped, the others report.
+- ``burnin_restart``: warm-up restarted with a smaller ε after a blow-up (informational).
+- ``vmap_unavailable``: chains ran sequentially (slower, same numbers).
+- ``rhat_high``: split R-hat of the loss trace above ``rhat_threshold``: chains disagree.
+- ``ess_low``: bulk ESS of the loss trace below ``min_ess``: the estimate is noisy.
+- ``mala_acceptance``: MALA acceptance of the proposals outside ``mala_band``.
+- ``negative_estimate``: λ̂ < 0: w* is probably not a local minimum (or the baseline is noisy).
+- ``below_init_loss``: a stretch of a chain's trace sits clearly below L_n(w*): the chain found lower loss.
+- ``not_plateaued``: the trace is still rising in its last part: more burn-in / draws needed.
+- ``stopped``: sampling was stopped by the progress callback; the estimate uses the draws so far.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .diagnostics import bulk_ess, chain_ess, split_rhat
+from .result import LLCResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .llc import _Run
+
+
+def build_report(run: _Run, stopped: bool) -> LLCResult:
+    cfg = run.config
+    C = run.C
+    bw = cfg.num_steps_bw_draws
+    losses = run.sample_losses.cpu().numpy()  # (steps, chains)
+    steps_done = run.sample_steps_done
+    draws = losses[:steps_done:bw].T.copy()  # (chains, draws done)
+    draws = draws[:, : run.num_draws]
+    for c, info in run.diverged.items():
+        draws[c, info["draws_done"] :] = np.nan
+    counts = np.isfinite(draws).sum(axis=1)
+
+    nbeta = run.nbeta
+    init_loss = run.init_loss
+    with np.errstate(invalid="ignore", divide="ignore"):
+        running_mean = np.nancumsum(draws, axis=1) / np.maximum(1, np.cumsum(np.isfinite(draws), axis=1))
+    llc_trace = nbeta * (running_mean - init_loss)
+    llc_trace[~np.isfinite(draws)] = np.nan
+
+    llc_per_chain = np.full(C, np.nan)
+    for c in range(C):
+        if c not in run.diverged and counts[c] > 0:
+            llc_per_chain[c] = nbeta * (float(np.mean(draws[c, : counts[c]])) - init_loss)
+    healthy = [c for c in range(C) if np.isfinite(llc_per_chain[c])]
+    values = llc_per_chain[healthy]
+    llc_mean = float(values.mean()) if values.size else float("nan")
+    llc_std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+
+    # Diagnostics on the healthy chains' common stretch of draws.
+    common = int(counts[healthy].min()) if healthy else 0
+    healthy_draws = draws[healthy, :common] if healthy else np.zeros((0, 0))
+    rhat = split_rhat(healthy_draws) if common >= 4 else float("nan")
+    ess = bulk_ess(healthy_draws) if common >= 4 else float("nan")
+    per_chain_ess = chain_ess(draws[:, : max(common, 0)]) if common >= 4 else np.full(C, np.nan)
+    mala_count = run.mala_count.cpu().numpy()
+    mala_sum = run.mala_sum.cpu().numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mala_per_chain = np.where(mala_count > 0, mala_sum / np.maximum(mala_count, 1), np.nan)
+    mala_healthy = mala_per_chain[healthy] if healthy else np.array([])
+    mala = float(np.nanmean(mala_healthy)) if np.any(np.isfinite(mala_healthy)) else float("nan")
+
+    warnings: list[dict[str, Any]] = list(run.notes)
+    plateau = _plateau_check(healthy_draws, nbeta, llc_mean)
+    dips = _dips_below(draws, counts, healthy, init_loss, nbeta)
+    _add_warnings(warnings, run, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy)
+
+    diagnostics: dict[str, Any] = {
+        "split_rhat": rhat,
+        "bulk_ess": ess,
+        "mala_acceptance": mala,
+        "mala_acceptance_per_chain": mala_per_chain,
+        "mala_evaluations": int(mala_count.sum()),
+        "per_chain": [
+            {
+                "chain": c,
+                "draws": int(counts[c]),
+                "mean_loss": float(np.mean(draws[c, : counts[c]])) if counts[c] else float("nan"),
+                "var_loss": float(np.var(draws[c, : counts[c]], ddof=1)) if counts[c] > 1 else float("nan"),
+                "ess": float(per_chain_ess[c]) if c < len(per_chain_ess) else float("nan"),
+                "llc": float(llc_per_chain[c]),
+                "diverged": c in run.diverged,
+            }
+            for c in range(C)
+        ],
+        "diverged_chains": sorted(run.diverged),
+        "divergences": [run.diverged[c] for c in sorted(run.diverged)],
+        "plateau": plateau,
+        "top_hessian_eigenvalue_at_w_star": run.h_star,
+        "top_hessian_eigenvalue_seen": run.h_seen,
+        "bias_factor_bound": _bias_bound(run),
+        "burnin_restarts": run.burnin_restarts,
+        "warnings": warnings,
+    }
+    resolved = cfg.replace(
+        epsilon=run.epsilon,
+        gamma=run.gamma,
+        nbeta=nbeta,
+        num_draws=run.num_draws,
+        num_burnin_steps=run.num_burnin,
+        batch_size=run.batch_size,
+        device=str(run.device),
+        chain_mode=run.chain_mode,
+        max_chains_per_chunk=run.chunk_size,
+    )
+    return LLCResult(
+        llc_mean=llc_mean,
+        llc_std=llc_std,
+        llc_per_chain=llc_per_chain,
+        init_loss=init_loss,
+        loss_trace=draws,
+        llc_trace=llc_trace,
+        nbeta=nbeta,
+        n=run.n,
+        config=resolved,
+        diagnostics=diagnostics,
+        warnings=warnings,
+        timings=dict(run.timings),
+        chain_mode=run.chain_mode,
+        chain_mode_reason=run.chain_mode_reason,
+        stopped=stopped,
+        epsilon=run.epsilon,
+        gamma=run.gamma,
+        num_params=run.P,
+        init_loss_samples=run.init_loss_samples,
+        extras={"epsilon_auto": cfg.epsilon is None},
+    )
+
+
+def _bias_bound(run: _Run) -> float:
+    """Quadratic discretisation bias factor 1/(1 - εa/4) at the largest curvature seen."""
+    x = run.epsilon * (run.nbeta * run.h_seen + run.gamma) / 4
+    return 1.0 / (1.0 - x) if x < 1 else float("inf")
+
+
+def _plateau_check(draws: np.ndarray, nbeta: float, llc_mean: float) -> dict[str, Any]:
+    """Is the trace still rising? Compare the last quarter with the third quarter of every chain.
+
+    The difference is averaged over chains; its standard error comes from the spread across
+    chains (or, with one chain, from the chain's ESS). Rising means: more than 3 standard errors
+    and more than 2 % of λ̂.
+    """
+    chains, length = draws.shape if draws.ndim == 2 else (0, 0)
+    if chains == 0 or length < 16:
+        return {"checked": False}
+    q = length // 4
+    third = draws[:, 2 * q : 3 * q].mean(axis=1)
+    last = draws[:, 3 * q :].mean(axis=1)
+    rise = nbeta * (last - third)  # per chain, in λ units
+    if chains > 1:
+        se = float(rise.std(ddof=1) / math.sqrt(chains))
+    else:
+        ess = chain_ess(draws[:, 2 * q :])[0]
+        var = float(np.var(draws[0, 2 * q :], ddof=1))
+        se = nbeta * math.sqrt(2 * var / max(ess / 2, 1.0)) if math.isfinite(ess) else float("nan")
+    mean_rise = float(rise.mean())
+    rising = bool(math.isfinite(se) and mean_rise > 3 * se and mean_rise > 0.02 * abs(llc_mean))
+    return {"checked": True, "rise_last_quarter": mean_rise, "rise_se": se, "rising": rising}
+
+
+def _dips_below(draws, counts, healthy, init_loss: float, nbeta: float) -> list[int]:
+    """Chains with a window (a tenth of the draws) whose mean loss is clearly below L_n(w*)."""
+    out = []
+    for c in healthy:
+        row = draws[c, : counts[c]]
+        if row.size < 20:
+            continue
+        width = row.size // 10
+        windows = row[: width * 10].reshape(10, width).mean(axis=1)
+        ess = chain_ess(row[None, :])[0]
+        if not math.isfinite(ess):
+            continue
+        se_window = math.sqrt(np.var(row, ddof=1) / max(1.0, ess / 10))
+        if windows.min() < init_loss - 3 * se_window and nbeta * (init_loss - windows.min()) > 0.05:
+            out.append(c)
+    return out
+
+
+def _add_warnings(warnings, run, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy) -> None:
+    cfg = run.config
+
+    def add(code: str, message: str, chain: int | None = None) -> None:
+        warnings.append({"code": code, "message": message, "chain": chain})
+
+    if stopped:
+        add(
+            "stopped",
+            f"sampling was stopped after {run.steps_done} steps per chain; the estimate uses the draws so far",
+        )
+    if not healthy:
+        add("no_estimate", "no chain produced a draw, so there is no estimate")
+        return
+    if math.isfinite(rhat) and rhat > cfg.rhat_threshold and len(healthy) > 1:
+        add(
+            "rhat_high",
+            f"split R-hat of the loss trace is {rhat:.3f} (> {cfg.rhat_threshold}): chains disagree or have not "
+            "mixed; run more burn-in/draws or use a smaller gamma-to-curvature ratio",
+        )
+    if math.isfinite(ess) and ess < cfg.min_ess:
+        add(
+            "ess_low",
+            f"bulk effective sample size of the loss trace is {ess:.0f} (< {cfg.min_ess:g}): the estimate is noisy; "
+            "run more draws or chains",
+        )
+    low, high = cfg.mala_band
+    if math.isfinite(mala) and not low <= mala < high:
+        hint = (
+            "the step size is too large for the local curvature; lower epsilon"
+            if mala < low
+            else "the step size is so small that the chain barely moves; raise epsilon or run longer"
+        )
+        add(
+            "mala_acceptance",
+            f"MALA acceptance of the SGLD proposals is {mala:.3f}, outside [{low}, {high}]: {hint}",
+        )
+    if math.isfinite(llc_mean) and llc_mean < 0:
+        add(
+            "negative_estimate",
+            f"the estimate is negative ({llc_mean:.4g}): w* is probably not a local minimum (the sampler finds "
+            "lower loss nearby); train longer or check the loss and data",
+        )
+    for c in dips:
+        add(
+            "below_init_loss",
+            f"chain {c}'s loss trace dips clearly below L_n(w*) = {run.init_loss:.6g}: w* is not a local minimum "
+            "of the loss; train longer before estimating",
+            chain=c,
+        )
+    if plateau.get("rising"):
+        add(
+            "not_plateaued",
+            f"the loss trace is still rising in its last quarter (by {plateau['rise_last_quarter']:.3g} in λ units, "
+            f"{plateau['rise_last_quarter'] / max(abs(llc_mean), 1e-12):.1%} of λ̂): increase num_burnin_steps and num_draws",
+        )
