@@ -10,6 +10,7 @@ pickle fails here without running.
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from typing import Any
 
@@ -23,9 +24,7 @@ def inspect_state_dict(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - every failure is reported to the API as a message
-        message = str(exc).strip().splitlines()
-        summary = next((line for line in message if "Unsupported global" in line), message[0] if message else "")
-        return {"ok": False, "error": f"not loadable as a weights-only torch.save file: {type(exc).__name__}: {summary}"[:1000]}
+        return {"ok": False, "error": _describe_load_error(exc)}
     if not isinstance(state, dict):
         return {"ok": False, "error": f"expected a state_dict (a dict of name -> tensor), got {type(state).__name__}"}
     tensors: dict[str, Any] = {}
@@ -41,6 +40,19 @@ def inspect_state_dict(path: str) -> dict[str, Any]:
             "non_finite": _count_non_finite(value),
         }
     return {"ok": True, "tensors": tensors}
+
+
+def _describe_load_error(exc: Exception) -> str:
+    """The informative line of a load failure. torch's own advice to retry with weights_only=False
+    is dropped: that is exactly what must never be done with an uploaded file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        return (
+            "refused by the weights-only loader: the file holds more than tensors and plain containers "
+            f"({detail})"
+        )[:1000]
+    return f"not loadable as a torch.save state_dict: {type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def _count_non_finite(tensor: Any) -> int:
