@@ -490,8 +490,8 @@ def results(
     with _connect(url, api_key) as cl:
         target = cl.get(ident)
         rows = cl.results(target)
-        if plot is not None:
-            png = _plot_for(cl, target, rows)
+        if plot is not None:  # written before printing, so a closed pipe cannot lose it
+            _write_png(plot, _plot_for(cl, target, rows))
     if output_format is OutputFormat.json:
         print_json(rows)
     elif output_format is OutputFormat.csv:
@@ -504,8 +504,6 @@ def results(
         ]
         columns = ["step", "checkpoint", "job", "status", "llc mean", "llc std", "warnings"]
         print_table(columns, table_rows, title=f"{'batch' if isinstance(target, Batch) else 'job'} {target.id}")
-    if plot is not None:
-        _write_png(plot, png)
 
 
 def _plot_for(cl: Any, target: Any, rows: list[dict[str, Any]]) -> bytes:
@@ -551,13 +549,14 @@ def traces(
     """A job's per-chain loss and running λ̂ traces."""
     import numpy as np
 
-    from client._output import print_csv, print_json, print_table
+    from client._output import print_csv, print_json, print_table, stdout
     from client.plots import plot_job_traces
 
     with _connect(url, api_key) as cl:
         job = cl.job(job_id)
         data = cl.traces(job)
-        png = _job_plot(cl, job, plot_job_traces) if plot is not None else None
+        if plot is not None:  # written before printing, so a closed pipe cannot lose it
+            _write_png(plot, _job_plot(cl, job, plot_job_traces))
     loss, llc = data["loss"], data["llc"]
     if output_format is OutputFormat.json:
         print_json({"init_loss": data["init_loss"], "num_chains": loss.shape[0], "num_draws": loss.shape[1],
@@ -583,10 +582,8 @@ def traces(
                 float(finite_loss.mean()) if finite_loss.size else None,
                 float(finite_llc[-1]) if finite_llc.size else None,
             ])
-        print_table(["chain", "draws", "mean loss", "final λ̂"], rows,
-                    title=f"job {job.id}: L_n(w*) = {data['init_loss']:.6g}")
-    if png is not None and plot is not None:
-        _write_png(plot, png)
+        print_table(["chain", "draws", "mean loss", "final λ̂"], rows, title=f"job {job.id}")
+        stdout.print(f"L_n(w*) = {data['init_loss']:.6g}", highlight=False)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 # Chains beyond this many are drawn without individual legend entries.
 MAX_LABELLED_CHAINS = 8
 MAX_WARNING_LINES = 4
+FOOTER_CHARS = 150  # characters per footer line at the default size (about 170 fit in 1000 px)
 # mathtext: a combining circumflex ("λ̂") does not render in matplotlib's text engine.
 LAMBDA_HAT = r"$\hat{\lambda}$"
 
@@ -113,8 +114,8 @@ def plot_job_traces(
     num_chains, num_draws = loss_chains.shape
     warnings = list(warnings or [])
     diag_text = diagnostics_summary(diagnostics)
-    footer_lines = ([f"diagnostics: {diag_text}"] if diag_text else []) + [
-        textwrap.shorten(f"warning: {_warning_line(w)}", width=150) for w in warnings[:MAX_WARNING_LINES]
+    footer_lines = (textwrap.wrap(f"diagnostics: {diag_text}", width=FOOTER_CHARS) if diag_text else []) + [
+        textwrap.shorten(f"warning: {_warning_line(w)}", width=FOOTER_CHARS) for w in warnings[:MAX_WARNING_LINES]
     ]
     if len(warnings) > MAX_WARNING_LINES:
         footer_lines.append(f"… and {len(warnings) - MAX_WARNING_LINES} more warnings")
@@ -162,7 +163,9 @@ def plot_job_traces(
     if footer_lines:
         ax_text = figure.add_subplot(grid[2])
         ax_text.axis("off")
-        ax_text.text(0.0, 1.0, "\n".join(footer_lines), transform=ax_text.transAxes, va="top", ha="left", fontsize="small")
+        footer = ax_text.text(0.0, 1.0, "\n".join(footer_lines), transform=ax_text.transAxes, va="top", ha="left",
+                              fontsize="small")
+        footer.set_in_layout(False)  # its height is reserved by the grid row; its width must not squeeze the axes
     return _png(figure, dpi)
 
 
