@@ -1,0 +1,167 @@
+"""Distributed mode for real: PostgreSQL, Redis, a ``lambdahat serve`` process and separate
+``lambdahat worker`` processes (Celery prefork pools).
+
+Each test uses its own PostgreSQL database, its own Redis queue name (on a Redis db number kept for
+these tests) and its own data dir, so tests never see each other's messages or jobs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+import redis
+
+from tests.helpers import migrate, random_state_dict, write_safetensors
+from tests.jobs.processes import Proc, Server, base_env, upload, wait_for, wait_job
+from tests.jobs.seed import CLASSIFIER, classification_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
+
+REDIS_DB = 11
+CONFIG = {"num_chains": 2, "num_draws": 60, "num_burnin_steps": 20, "epsilon": 1e-3, "gamma": 100.0,
+          "batch_size": 32, "device": "cpu"}
+
+
+class Deployment:
+    """One distributed deployment: the environment its processes share, and the processes."""
+
+    def __init__(self, tmp_path, database_url: str, **settings) -> None:  # noqa: ANN001
+        from api.settings import Settings
+
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.queue = f"lh-test-{uuid.uuid4().hex[:10]}"
+        self.broker_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        self.env = base_env(self.data_dir, database_url=database_url, broker_url=self.broker_url,
+                            queue=self.queue, **settings)
+        migrate(Settings(data_dir=self.data_dir, database_url=database_url))
+        self.processes: list[Proc] = []
+        self.server: Server | None = None
+
+    def serve(self) -> Server:
+        self.server = Server(self.data_dir, self.env, self.tmp_path / "server.log")
+        self.processes.append(self.server)
+        return self.server
+
+    def worker(self, name: str) -> Proc:
+        proc = Proc(["worker", "--name", name, "--queues", self.queue], self.env, self.tmp_path / f"{name}.log")
+        self.processes.append(proc)
+        wait_for(lambda: "ready." in proc.log(20_000) or not proc.alive(), 60, f"worker {name} to be ready")
+        assert proc.alive(), proc.log()
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.log()}" for p in self.processes)
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop(timeout=10)
+        client = redis.Redis.from_url(self.broker_url)
+        client.delete(self.queue, *[f"{self.queue}\x06\x16{p}" for p in (3, 6, 9)])
+
+
+@pytest.fixture
+def deployment(tmp_path, postgres_url):  # noqa: ANN001, ANN201
+    deployments: list[Deployment] = []
+
+    def make(**settings) -> Deployment:  # noqa: ANN003
+        d = Deployment(tmp_path, postgres_url, **settings)
+        deployments.append(d)
+        return d
+
+    yield make
+    for d in deployments:
+        d.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path):  # noqa: ANN001, ANN201
+    from api.architectures import normalize
+
+    architecture = normalize(CLASSIFIER)
+    checkpoint = write_safetensors(tmp_path / "model.safetensors", random_state_dict(architecture, seed=9))
+    x, y = classification_data(n=64, seed=9)
+    dataset = write_safetensors(tmp_path / "data.safetensors", {"x": x, "y": y})
+    return checkpoint, dataset, architecture
+
+
+def submit(client, checkpoint_id, dataset_id, **config) -> str:  # noqa: ANN001
+    response = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "dataset_id": dataset_id,
+                                             "loss": "cross_entropy", "config": {**CONFIG, **config}})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_two_workers_share_six_jobs(deployment, artifacts):  # noqa: ANN001
+    d = deployment(heartbeat_interval=0.5)
+    server = d.serve()
+    workers = [d.worker("worker-a"), d.worker("worker-b")]
+    try:
+        ids = upload(server.client, *artifacts)
+        job_ids = [submit(server.client, *ids, seed=seed) for seed in range(6)]
+        jobs = [wait_job(server.client, job_id, timeout=180) for job_id in job_ids]
+        assert [j["status"] for j in jobs] == ["succeeded"] * 6, d.logs()
+        assert {j["worker"] for j in jobs} == {"worker-a", "worker-b"}  # both workers were used
+        assert all(j["attempts"] == 1 for j in jobs)
+        # Every job ran (and succeeded) exactly once across both workers.
+        logs = "".join(w.log(200_000) for w in workers)
+        for job_id in job_ids:
+            assert len(re.findall(f"job {job_id} succeeded", logs)) == 1
+        # Same seed, same result, whichever worker ran it: resubmitting seed 0 reproduces job 0.
+        again = wait_job(server.client, submit(server.client, *ids, seed=0), timeout=120)
+        assert again["result"]["llc_mean"] == jobs[0]["result"]["llc_mean"]
+
+        # Cancelling a running job on a worker stops it within seconds.
+        long_job = submit(server.client, *ids, seed=7, num_draws=100_000)
+        wait_job(server.client, long_job, 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
+        asked = time.monotonic()
+        server.client.post(f"/v1/jobs/{long_job}/cancel")
+        cancelled = wait_job(server.client, long_job, 30)
+        assert cancelled["status"] == "cancelled" and time.monotonic() - asked < 10
+        assert all(w.alive() for w in workers)
+    finally:
+        d.close()
+
+
+def test_a_killed_worker_job_is_reclaimed_and_finishes(deployment, artifacts):  # noqa: ANN001
+    d = deployment(heartbeat_interval=0.3, heartbeat_timeout=3)
+    server = d.serve()
+    try:
+        ids = upload(server.client, *artifacts)
+        first = d.worker("doomed")
+        job_id = submit(server.client, *ids, seed=3, num_draws=1000)
+        wait_job(server.client, job_id, 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
+        rescuer = d.worker("rescuer")
+        killed_at = time.monotonic()
+        first.kill_group()  # SIGKILL the worker and its pool process: no goodbye, no ack
+
+        job = wait_job(server.client, job_id, timeout=120)
+        assert job["status"] == "succeeded", d.logs()
+        assert (job["attempts"], job["worker"]) == (2, "rescuer")
+        assert time.monotonic() - killed_at > 3  # only after the heartbeat went stale
+        traces = server.client.get(f"/v1/jobs/{job_id}/traces").json()
+        assert (traces["num_chains"], traces["num_draws"]) == (2, 1000)
+        assert all(len(row) == 1000 for row in traces["loss"])
+        assert rescuer.alive()
+    finally:
+        d.close()
+
+
+def test_jobs_queued_when_redis_lost_its_queue_still_run(deployment, artifacts):  # noqa: ANN001
+    d = deployment(heartbeat_interval=0.5, heartbeat_timeout=3)
+    server = d.serve()
+    try:
+        ids = upload(server.client, *artifacts)
+        job_ids = [submit(server.client, *ids, seed=seed) for seed in (11, 12)]
+        broker = redis.Redis.from_url(d.broker_url)
+        assert broker.llen(d.queue) == 2
+        broker.delete(d.queue)  # what a Redis restart without persistence does to waiting messages
+        d.worker("after-restart")
+        jobs = [wait_job(server.client, job_id, timeout=120) for job_id in job_ids]
+        assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], d.logs()
+        assert all(j["attempts"] == 1 for j in jobs)
+    finally:
+        d.close()
