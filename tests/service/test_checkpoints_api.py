@@ -127,6 +127,8 @@ def test_malicious_pickle_is_refused_with_no_side_effect(api, torch_files):
     assert_nothing_stored(api.settings)
 
 
+# Content checks that do not touch the database: SQLite only (each .pt inspection starts a subprocess).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     ("name", "message"),
     [
