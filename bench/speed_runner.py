@@ -310,10 +310,13 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     llc_value, extra = runner(model, x, y, args, args.num_draws)
     synchronize(args.device)
     seconds = time.perf_counter() - start
+    # CPU time of this process (all its threads): robust to other load on a shared machine, where
+    # wall time is not. On an idle machine with one torch thread the two agree.
+    cpu_seconds = time.process_time() - cpu_start
 
     steps = args.num_chains * (args.num_burnin_steps + args.num_draws * args.num_steps_bw_draws)
     report = {
@@ -326,6 +329,7 @@ def main(argv=None) -> int:
         "n": int(x.shape[0]),
         "steps": steps,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "steps_per_s": steps / seconds,
         "llc_mean": llc_value,
         "threads": torch.get_num_threads(),
