@@ -1,7 +1,7 @@
 """Recognise and read uploaded files from their content, in pure Python + numpy (never torch, never pickle).
 
 - safetensors: an 8-byte little-endian header length, a JSON header (dtype, shape, data offsets per
-  tensor), then the raw bytes. Read here completely: header checks, and data memory-mapped in chunks.
+  tensor), then the raw bytes. Read here completely: header checks, and data read in bounded chunks.
 - npz: a zip of ``.npy`` members. Each member's header is parsed with numpy's literal parser
   (no ``allow_pickle``); object and structured dtypes are refused; data is streamed in chunks.
 - ``.pt``: ``torch.save``'s zip format (``<name>/data.pkl`` + tensor storages). Recognised here but
@@ -276,12 +276,17 @@ def iter_chunks(path: Path, tensor: TensorInfo, chunk_bytes: int = CHUNK_BYTES) 
     if total == 0:
         return
     if tensor.file_offset is not None:
-        flat = np.memmap(path, dtype=tensor.numpy_dtype, mode="r", offset=tensor.file_offset, shape=(total,))
-        try:
+        # Read into one reusable buffer rather than memory-mapping the whole tensor: a mapping's pages
+        # stay resident in this process after they were touched, a buffer keeps memory at one chunk.
+        buffer = np.empty(min(per_chunk, total), dtype=tensor.numpy_dtype)
+        with open(path, "rb") as f:
+            f.seek(tensor.file_offset)
             for start in range(0, total, per_chunk):
-                yield np.asarray(flat[start : start + per_chunk])
-        finally:
-            del flat
+                count = min(per_chunk, total - start)
+                view = buffer[:count]
+                if f.readinto(memoryview(view).cast("B")) != view.nbytes:
+                    raise FormatError("truncated file: tensor data ends early")
+                yield view
         return
     # A compressed npz member: decompress as a stream (zipfile checks its CRC at the end).
     assert tensor.npz_member is not None

@@ -1,7 +1,7 @@
 """Checkpoint logic: validate an upload against its architecture, store it, list, delete.
 
 - safetensors: the header is read in pure Python; weights are checked against the architecture's
-  expected state_dict and for NaN/inf (memory-mapped, chunked).
+  expected state_dict and for NaN/inf (read in bounded chunks).
 - ``.pt``: inspected by ``python -m worker.inspect`` in a short-lived subprocess (``torch.load`` with
   ``weights_only=True``), so this process never imports torch or runs an unpickler.
 - ``.pt2``: code. Only keys with the ``run-code`` scope may upload one; only its JSON weight config is

@@ -45,7 +45,7 @@ def _unprocessable(message: str) -> HTTPException:
 def inspect_dataset(path: Path) -> DatasetContent:
     """Check a dataset file: format, tensors ``x`` and ``y``, numeric, same first dimension, finite.
 
-    Reads the data in bounded chunks (memory-mapped where stored uncompressed). Raises FormatError.
+    Reads the data in bounded chunks, never the whole file at once. Raises FormatError.
     """
     fmt = detect_format(path)
     if fmt == "safetensors":
