@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 STARTUP_TIMEOUT_S = 90.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,7 @@ class LiveServer:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a client process: only the server's data dir, nothing of the server config."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
-        env.update({"LAMBDAHAT_DATA_DIR": str(self.data_dir), "COLUMNS": "200"}, **extra)
-        return env
+        return process_env(self.data_dir, COLUMNS="200", **extra)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -54,18 +53,38 @@ def lambdahat_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "client.cli"]
 
 
+def process_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    """A server-side process's environment: this checkout importable, one thread (2 shared cores)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
+    env.update(
+        {
+            "LAMBDAHAT_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+            "OMP_NUM_THREADS": "1",
+        },
+        **overrides,
+    )
+    return env
+
+
+def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [*lambdahat_command(), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopped together with its job subprocesses
+        )
+
+
 def start_server(data_dir: Path, log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
-    env.update({"LAMBDAHAT_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}, **env_overrides)
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [*lambdahat_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its job subprocesses are stopped together with it
-    )
+    env = process_env(data_dir, **env_overrides)
+    process = start_process(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -79,11 +98,11 @@ def start_server(data_dir: Path, log_path: Path, **env_overrides: str) -> tuple[
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop_server(process)
+    stop_process(process)
     raise RuntimeError(f"`lambdahat serve` did not answer /healthz within {STARTUP_TIMEOUT_S} s")
 
 
-def stop_server(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
     try:
@@ -112,7 +131,7 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
             raise RuntimeError(f"the server wrote no key file at {key_file}")
         yield LiveServer(url=url, api_key=key_file.read_text().strip(), data_dir=data_dir, log_path=log_path)
     finally:
-        stop_server(process)
+        stop_process(process)
         shutil.rmtree(root, ignore_errors=True)
 
 
