@@ -13,6 +13,7 @@ Import fixtures into a conftest.py or test module to use them::
 - ``other_api``: the same app as owner "bob" (another owner's ids must answer 404).
 - ``code_api``: the same app as owner "alice" with a key holding the ``run-code`` scope.
 - ``make_api(run_dispatcher=...)``: a factory fixture when a test needs the embedded dispatcher.
+- ``serve_in_thread(settings)``: a context manager running the app on a real uvicorn server; yields its URL.
 
 Plain functions (no torch needed): ``create_key``, ``write_checkpoint`` (random weights matching a
 built-in architecture, safetensors or npz-free), ``write_dataset`` (safetensors or npz).
@@ -73,6 +74,41 @@ def running_app(settings, *, run_dispatcher: bool = False) -> Iterator[Any]:  # 
     app = create_app(settings, run_dispatcher=run_dispatcher)
     with TestClient(app):
         yield app
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(settings, *, run_dispatcher: bool = False) -> Iterator[str]:  # noqa: ANN001
+    """The app on a real uvicorn server (in a thread, lifespan on); yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from api.main import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, run_dispatcher=run_dispatcher), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 @pytest.fixture

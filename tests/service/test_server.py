@@ -15,43 +15,22 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import assert_nothing_stored
+from tests.helpers import assert_nothing_stored, free_port, serve_in_thread
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(service_settings):
-    """The app on a real uvicorn server in a thread; yields its base URL."""
-    import uvicorn
-
-    from api.main import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service_settings, run_dispatcher=False), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    """The app on a real uvicorn server in a thread; yields its port."""
+    with serve_in_thread(service_settings) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
@@ -170,7 +149,7 @@ def _stop(proc: subprocess.Popen) -> str:
 @pytest.mark.slow
 def test_serve_creates_a_private_local_key_that_works(tmp_path):
     data_dir = tmp_path / "fresh"  # does not exist yet
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(data_dir, port)
     try:
@@ -198,7 +177,7 @@ def test_serve_refuses_a_public_address_with_only_the_local_key(tmp_path):
     from api.settings import Settings
 
     data_dir = tmp_path / "public"
-    proc = _serve(data_dir, _free_port(), host="0.0.0.0")
+    proc = _serve(data_dir, free_port(), host="0.0.0.0")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "refusing to bind 0.0.0.0" in out and "lambdahat keys create" in out
