@@ -24,6 +24,10 @@ def _prepare(settings: Settings) -> None:
 
 def create_key_cli(name: str, owner: str | None = None, scopes: list[str] | None = None, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
+    if name == "local" and (owner or name) == "local":
+        typer.echo("error: the name 'local' with owner 'local' is reserved for the key `lambdahat serve` "
+                   "writes to the data dir; choose another name", err=True)
+        raise typer.Exit(2)
     _prepare(settings)
     try:
         with session_scope(settings) as session:

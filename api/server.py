@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from api.auth.keys import authenticate, create_key, hash_key
+from api.auth.keys import authenticate, create_key, revoke_key
 from api.db import session_scope
 from api.models import ApiKey
 from api.settings import Settings, get_settings
@@ -23,6 +23,7 @@ from api.storage import ArtifactStore
 
 LOCAL_KEY_FILE = "api_key"
 LOCAL_OWNER = "local"
+LOCAL_KEY_NAME = "local"  # with owner "local": reserved for the server's own key
 
 
 class ServerConfigError(RuntimeError):
@@ -42,16 +43,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost: assume it is reachable from outside
 
 
+def _is_local_key(row: ApiKey) -> bool:
+    return row.owner == LOCAL_OWNER and row.name == LOCAL_KEY_NAME
+
+
 def ensure_local_key(settings: Settings) -> str:
-    """The key in ``<data_dir>/api_key``, created (or replaced, if the database no longer knows it)."""
+    """The key in ``<data_dir>/api_key``, created (or replaced, if the database no longer knows it).
+
+    There is at most one active local key: when a new one is made, older local keys (whose plaintext
+    only ever lived in that file) are revoked.
+    """
     path = local_key_path(settings)
     if path.exists():
+        os.chmod(path, 0o600)  # repair permissions loosened by hand
         existing = path.read_text().strip()
         with session_scope(settings) as session:
             if existing and authenticate(session, existing) is not None:
                 return existing
     with session_scope(settings) as session:
-        _, plaintext = create_key(session, name="local", owner=LOCAL_OWNER, scopes=["admin", "run-code"])
+        for row in session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))):
+            if _is_local_key(row):
+                revoke_key(session, row.id)
+        _, plaintext = create_key(session, name=LOCAL_KEY_NAME, owner=LOCAL_OWNER, scopes=["admin", "run-code"])
     # Write with owner-only permissions from the start (never world-readable, even briefly).
     tmp = path.with_name(f".{LOCAL_KEY_FILE}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -62,12 +75,11 @@ def ensure_local_key(settings: Settings) -> str:
     return plaintext
 
 
-def explicit_key_count(settings: Settings, local_key: str | None) -> int:
-    """Active keys other than the data dir's local key."""
-    local_hash = hash_key(local_key) if local_key else ""
+def explicit_key_count(settings: Settings) -> int:
+    """Active keys other than the server's local key (made with ``lambdahat keys create``)."""
     with session_scope(settings) as session:
-        hashes = session.scalars(select(ApiKey.key_hash).where(ApiKey.revoked_at.is_(None))).all()
-    return sum(1 for h in hashes if h != local_hash)
+        rows = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
+        return sum(1 for row in rows if not _is_local_key(row))
 
 
 def prepare(settings: Settings, host: str) -> str:
@@ -81,7 +93,7 @@ def prepare(settings: Settings, host: str) -> str:
     store.root.mkdir(parents=True, exist_ok=True)
     store.cleanup_staging()
     local_key = ensure_local_key(settings)
-    if not is_loopback(host) and explicit_key_count(settings, local_key) == 0:
+    if not is_loopback(host) and explicit_key_count(settings) == 0:
         raise ServerConfigError(
             f"refusing to bind {host}: it is not a loopback address and no API key exists besides the local one "
             f"in {local_key_path(settings)}. Create keys for the clients that will connect "

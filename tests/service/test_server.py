@@ -196,3 +196,33 @@ def test_loopback_detection(host, loopback):
     from api.server import is_loopback
 
     assert is_loopback(host) is loopback
+
+
+def test_local_key_is_replaced_not_multiplied(tmp_path):
+    """Losing the key file makes a new local key and revokes the old one; neither counts as an
+    explicit key for binding a public address; loosened file permissions are repaired."""
+    from api.db import session_scope
+    from api.server import ServerConfigError, explicit_key_count, local_key_path, prepare
+    from api.settings import Settings
+    from tests.helpers import create_key
+
+    settings = Settings(data_dir=tmp_path / "d")
+    first = prepare(settings, "127.0.0.1")
+    local_key_path(settings).unlink()
+    second = prepare(settings, "127.0.0.1")
+    assert second != first
+    from api.auth.keys import authenticate
+
+    with session_scope(settings) as session:
+        assert authenticate(session, first) is None and authenticate(session, second) is not None
+    assert explicit_key_count(settings) == 0
+    with pytest.raises(ServerConfigError, match="refusing to bind"):
+        prepare(settings, "0.0.0.0")
+
+    os.chmod(local_key_path(settings), 0o644)
+    assert prepare(settings, "127.0.0.1") == second
+    assert stat.S_IMODE(local_key_path(settings).stat().st_mode) == 0o600
+
+    create_key(settings, "colleague")
+    assert explicit_key_count(settings) == 1
+    prepare(settings, "0.0.0.0")
