@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,18 +34,23 @@ SAFETENSORS = "application/octet-stream"
 MAX_POLL_FAILURES = 8
 
 
+# Server ids are hex strings; anything else (a "/", "..", "?") would change the URL it is put into.
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def object_id(obj: Any, what: str) -> str:
-    """The id of a returned object, a dict with an ``id``, or an id string."""
+    """The id of a returned object, a dict with an ``id``, or an id string; safe to put in a URL path."""
     if isinstance(obj, str):
-        if not obj.strip():
-            raise ValueError(f"empty {what} id")
-        return obj.strip()
-    if isinstance(obj, Mapping) and "id" in obj:
-        return str(obj["id"])
-    ident = getattr(obj, "id", None)
-    if isinstance(ident, str):
-        return ident
-    raise TypeError(f"expected a {what} id or a {what} object, got {type(obj).__name__}")
+        ident = obj.strip()
+    elif isinstance(obj, Mapping) and "id" in obj:
+        ident = str(obj["id"])
+    elif isinstance(getattr(obj, "id", None), str):
+        ident = obj.id
+    else:
+        raise TypeError(f"expected a {what} id or a {what} object, got {type(obj).__name__}")
+    if not _ID_PATTERN.match(ident):
+        raise ValueError(f"{ident!r} is not a valid {what} id (ids are letters, digits, '-' and '_')")
+    return ident
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +189,9 @@ def op_submit(
 def op_resolve(target: Any) -> Operation[Job | Batch]:
     """A Job or Batch, fetched fresh. A bare id is looked up as a job first, then as a batch."""
     if isinstance(target, Batch):
-        return (yield from op_get(f"/v1/batches/{target.id}", Batch))
+        return (yield from op_get(f"/v1/batches/{object_id(target, 'batch')}", Batch))
     if isinstance(target, Job):
-        return (yield from op_get(f"/v1/jobs/{target.id}", Job))
+        return (yield from op_get(f"/v1/jobs/{object_id(target, 'job')}", Job))
     ident = object_id(target, "job or batch")
     try:
         return (yield from op_get(f"/v1/jobs/{ident}", Job))
@@ -201,11 +207,11 @@ def op_cancel(target: Any) -> Operation[Job | Batch]:
     if not isinstance(target, Job | Batch):
         target = yield from op_resolve(target)
     kind, model = ("batches", Batch) if isinstance(target, Batch) else ("jobs", Job)
-    response = yield Call("POST", f"/v1/{kind}/{target.id}/cancel")
+    response = yield Call("POST", f"/v1/{kind}/{object_id(target, kind)}/cancel")
     body = json_body(response)
     if isinstance(body, dict) and "id" in body:
         return model.model_validate(body)
-    return (yield from op_get(f"/v1/{kind}/{target.id}", model))
+    return (yield from op_get(f"/v1/{kind}/{object_id(target, kind)}", model))
 
 
 class _ProgressBar:
@@ -314,14 +320,14 @@ def op_results(target: Any) -> Operation[list[dict[str, Any]]]:
     if not isinstance(target, Job | Batch):
         target = yield from op_resolve(target)
     if isinstance(target, Batch):
-        response = yield Call("GET", f"/v1/batches/{target.id}/results", params={"format": "json"})
+        response = yield Call("GET", f"/v1/batches/{object_id(target, 'batch')}/results", params={"format": "json"})
         body = json_body(response)
         rows = body if isinstance(body, list) else _page_items(body, "rows")[0]
         return [dict(row) for row in rows]
     checkpoint = None
     if target.checkpoint_id:
         try:
-            checkpoint = yield from op_get(f"/v1/checkpoints/{target.checkpoint_id}", Checkpoint)
+            checkpoint = yield from op_get(f"/v1/checkpoints/{object_id(target.checkpoint_id, 'checkpoint')}", Checkpoint)
         except NotFound:  # deleted since; the row still stands without its step
             checkpoint = None
     return [job_row(target, checkpoint)]

@@ -145,6 +145,9 @@ def test_object_id_accepts_ids_objects_and_dicts():
     assert object_id("abc", "job") == object_id(job, "job") == object_id({"id": "abc"}, "job") == "abc"
     with pytest.raises(TypeError, match="expected a job id"):
         object_id(3, "job")
+    for bad in ("", "../datasets", "abc/def", "a?b=c"):
+        with pytest.raises(ValueError, match="not a valid job id"):
+            object_id(bad, "job")
 
 
 def test_api_key_precedence_argument_then_environment_then_key_file(tmp_path, monkeypatch):
