@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep
 from api.jobs.schemas import JobCreate, JobList, JobPublic
 from api.jobs.service import JobService, traces_csv_lines, traces_json, traces_npz
+from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -59,7 +60,7 @@ def list_jobs(
     status_filter: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
                              Query(alias="status")] = None,
     checkpoint_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
 ) -> JobList:
     """Your jobs, newest first."""

@@ -5,12 +5,9 @@ user can act on.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 from fastapi import HTTPException, status
@@ -22,6 +19,7 @@ from api.jobs import queue
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import JobCreate, check_config_against
 from api.models import Job, JobStatus
+from api.pagination import decode_cursor, page
 from api.settings import Settings
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -133,8 +131,7 @@ class JobService:
              cursor: str | None) -> tuple[list[Job], str | None]:
         before = decode_cursor(cursor) if cursor else None
         jobs = self.repo.list(limit=limit + 1, status=status_filter, checkpoint_id=checkpoint_id, before=before)
-        next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-        return jobs[:limit], next_cursor
+        return page(jobs, limit)
 
     # -- cancel ------------------------------------------------------------------------------------
 
@@ -187,27 +184,6 @@ def _pad(array: np.ndarray, width: int) -> np.ndarray:
     padded = np.full((array.shape[0], width), np.nan, dtype=np.float32)
     padded[:, : array.shape[1]] = array
     return padded
-
-
-# -- cursors: opaque to clients, (created_at, id) inside ---------------------------------------------
-
-
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = json.loads(raw)
-        if not isinstance(job_id, str):
-            raise ValueError("id")
-        return datetime.fromisoformat(created_at), job_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail="invalid cursor: pass the next_cursor value of a previous page unchanged") from exc
 
 
 # -- trace encodings ---------------------------------------------------------------------------------
