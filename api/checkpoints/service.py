@@ -93,11 +93,12 @@ def _validate_and_store(session_factory: Any, store: ArtifactStore, form: Upload
 
 
 def _metadata_fields(form: UploadForm) -> dict[str, Any]:
-    name = form.fields.get("name") or form.filename
+    name = form.fields.get("name")
     collection = form.fields.get("collection") or None
     for label, value in (("name", name), ("collection", collection)):
         if value is not None and len(value) > 300:
             raise _unprocessable(f"'{label}' must be at most 300 characters")
+    name = name or (form.filename[:300] if form.filename else None)
     step: int | None = None
     raw_step = form.fields.get("step")
     if raw_step not in (None, ""):

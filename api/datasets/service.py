@@ -112,10 +112,10 @@ def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm,
 
 
 def _name(form: UploadForm) -> str | None:
-    name = form.fields.get("name") or form.filename
+    name = form.fields.get("name")
     if name is not None and len(name) > 300:
         raise _unprocessable("'name' must be at most 300 characters")
-    return name
+    return name or (form.filename[:300] if form.filename else None)
 
 
 def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
