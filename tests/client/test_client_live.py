@@ -181,12 +181,14 @@ def test_async_client_runs_the_same_operations(client_env):
     assert final.dataset_id in {d.id for d in datasets}
 
 
-def test_estimate_uploads_runs_and_matches_the_library(cl):
+def test_estimate_uploads_runs_and_matches_the_library(cl, capsys):
     model = mlp(seed=5)
     data = classification_data(n=64, seed=5)
     x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
-    job = cl.estimate(model, (x, y), loss="cross_entropy", config=FAST_CONFIG, progress=False, timeout=240)
+    job = cl.estimate(model, (x, y), loss="cross_entropy", config=FAST_CONFIG, progress=True, timeout=240)
     assert job.succeeded and job.result.n == 64
+    bar = capsys.readouterr().err  # the tqdm bar, as text outside a notebook
+    assert f"job {job.id[:8]}" in bar and "100%" in bar and "succeeded" in bar
 
     estimator = pytest.importorskip("estimator")
     library = estimator.estimate_llc(model, (x, y), loss="cross_entropy", config=estimator.LLCConfig(**FAST_CONFIG))
