@@ -14,6 +14,8 @@ from typing import Any
 from fastapi import HTTPException, status
 from sqlalchemy import Select, and_, or_
 
+from api.types import is_valid_id
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 
@@ -27,7 +29,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return datetime.fromisoformat(created_at), str(row_id)
+        if not (isinstance(row_id, str) and is_valid_id(row_id)):
+            raise ValueError("bad id")
+        return datetime.fromisoformat(created_at), row_id
     except (ValueError, TypeError) as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,

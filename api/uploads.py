@@ -197,7 +197,7 @@ class _FormReceiver:
                 self._fail(_unprocessable(f"form field '{name}' was sent twice; upload one file per request"))
                 return
             filename = options.get(b"filename")
-            self.form.filename = filename.decode("utf-8", "replace") if filename else None
+            self.form.filename = filename.decode("utf-8", "replace").replace("\x00", "") if filename else None
             self.form.file = self.store.stage(self.max_bytes)
         elif name in self.text_fields:
             if name in self.form.fields:
@@ -228,9 +228,14 @@ class _FormReceiver:
         if self._error is not None or self._target is None or self._target == self.file_field:
             return
         try:
-            self.form.fields[self._target] = self._text.decode("utf-8")
+            value = self._text.decode("utf-8")
         except UnicodeDecodeError:
             self._fail(_unprocessable(f"form field '{self._target}' is not valid UTF-8"))
+            return
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL
+            self._fail(_unprocessable(f"form field '{self._target}' contains a NUL character"))
+            return
+        self.form.fields[self._target] = value
 
     def on_end(self) -> None:
         self.ended = True

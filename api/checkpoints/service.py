@@ -31,6 +31,7 @@ from api.models import Checkpoint
 from api.pagination import page
 from api.settings import Settings
 from api.storage import ArtifactStore
+from api.types import is_valid_id
 from api.uploads import UploadForm, receive_upload, release_artifact, store_upload
 
 TEXT_FIELDS = {"architecture", "collection", "step", "name"}
@@ -177,7 +178,7 @@ def inspect_torch_file(path: Path) -> dict[str, Any]:
 
 
 def get_checkpoint(session: Session, principal: Principal, checkpoint_id: str) -> Checkpoint:
-    row = repository.get(session, principal.owner, checkpoint_id)
+    row = repository.get(session, principal.owner, checkpoint_id) if is_valid_id(checkpoint_id) else None
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"checkpoint {checkpoint_id} not found")
     return row
@@ -186,6 +187,8 @@ def get_checkpoint(session: Session, principal: Principal, checkpoint_id: str) -
 def list_checkpoints(
     session: Session, principal: Principal, limit: int, cursor: str | None, collection: str | None
 ) -> tuple[list[Checkpoint], str | None]:
+    if collection is not None and "\x00" in collection:
+        raise _unprocessable("'collection' must not contain NUL characters")
     return page(repository.list_page(session, principal.owner, limit, cursor, collection), limit)
 
 

@@ -25,6 +25,7 @@ from api.models import Dataset
 from api.pagination import page
 from api.settings import Settings
 from api.storage import ArtifactStore
+from api.types import is_valid_id
 from api.uploads import UploadForm, receive_upload, release_artifact, store_upload
 
 TEXT_FIELDS = {"name"}
@@ -119,7 +120,7 @@ def _name(form: UploadForm) -> str | None:
 
 
 def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
-    row = repository.get(session, principal.owner, dataset_id)
+    row = repository.get(session, principal.owner, dataset_id) if is_valid_id(dataset_id) else None
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"dataset {dataset_id} not found")
     return row

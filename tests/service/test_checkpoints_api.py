@@ -283,3 +283,27 @@ def test_zip_member_names_cannot_choose_storage_paths(code_api, tmp_path):
     assert r.status_code == 422
     assert not (tmp_path.parent / "escape").exists()
     assert_nothing_stored(code_api.settings)
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (("get", "/v1/checkpoints/ab%00cd"), 404),
+        (("delete", "/v1/checkpoints/ab%00cd"), 404),
+        (("get", "/v1/checkpoints/" + "a" * 5000), 404),
+        (("get", "/v1/datasets/not-an-id"), 404),
+        (("get", "/v1/checkpoints?collection=a%00b"), 422),
+        (("get", "/v1/checkpoints?cursor=WyIyMDI2LTAxLTAxIiwgImFcdTAwMDBiIl0"), 422),  # id with a NUL inside
+        (("get", "/v1/checkpoints?cursor=%FF%FE"), 422),
+    ],
+)
+def test_hostile_ids_and_parameters_never_reach_the_database(api, request_, status):
+    """Strings PostgreSQL refuses (NUL bytes) or that cannot be ids answer 404/422, never 500."""
+    method, url = request_
+    assert getattr(api, method)(url).status_code == status
+
+
+def test_nul_in_form_fields_is_422(api, tmp_path):
+    r = upload_checkpoint(api, write_checkpoint(tmp_path / "c"), MLP, collection="a\x00b")
+    assert r.status_code == 422 and "NUL" in r.json()["detail"]
+    assert_nothing_stored(api.settings)
