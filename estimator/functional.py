@@ -7,7 +7,6 @@ of a chunk in one call (one fused forward/backward), each chain with its own min
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -99,26 +98,31 @@ class Kernels:
         self.flat = flat
         self.vectorised = vectorised
         f = flat.loss
-        self._grad_value = {
-            False: vmap(grad_and_value(f), in_dims=(0, 0, 0)),
-            True: vmap(grad_and_value(f), in_dims=(0, None, None)),
-        }
-        self._value = {
-            False: vmap(f, in_dims=(0, 0, 0)),
-            True: vmap(f, in_dims=(0, None, None)),
-        }
+        # Every input is batched along dim 0 (a batch shared by all chains is expanded, not copied):
+        # batched matmuls then compute each chain exactly as they would alone, so results do not
+        # depend on how many chains share a call. (A shared, unbatched x lets vmap fold the chains
+        # into one larger matmul whose rounding depends on the number of chains.)
+        self._grad_value = vmap(grad_and_value(f))
+        self._value = vmap(f)
 
         def hvp(w, v, x, y):
             return jvp(lambda u: grad(f)(u, x, y), (w,), (v,))[1]
 
-        self._hvp = vmap(hvp, in_dims=(0, 0, None, None))
+        self._hvp = vmap(hvp)
+        self.vectorised_hvp_failed = False
+
+    @staticmethod
+    def _per_chain(rows: int, x: torch.Tensor, y: torch.Tensor, shared_batch: bool):
+        if not shared_batch:
+            return x, y
+        return x.expand(rows, *x.shape), y.expand(rows, *y.shape)
 
     def grad_and_loss(
         self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, shared_batch: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(gradients (chains, P), mean minibatch losses (chains,)) of the loss at each row of w."""
         if self.vectorised:
-            return self._grad_value[shared_batch](w, x, y)
+            return self._grad_value(w, *self._per_chain(w.shape[0], x, y, shared_batch))
         grads, losses = [], []
         for c in range(w.shape[0]):
             xc, yc = (x, y) if shared_batch else (x[c], y[c])
@@ -133,17 +137,18 @@ class Kernels:
     @torch.no_grad()
     def loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, shared_batch: bool) -> torch.Tensor:
         if self.vectorised:
-            return self._value[shared_batch](w, x, y)
+            return self._value(w, *self._per_chain(w.shape[0], x, y, shared_batch))
         return torch.stack(
             [self.flat.loss(w[c], *((x, y) if shared_batch else (x[c], y[c]))) for c in range(w.shape[0])]
         )
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Hessian-vector products H(w_c) v_c of the loss on one shared batch, for each row c."""
-        if self.vectorised:
-            with contextlib.suppress(Exception):
-                return self._hvp(w, v, x, y)
-            self.vectorised_hvp_failed = True
+        if self.vectorised and not self.vectorised_hvp_failed:
+            try:
+                return self._hvp(w, v, *self._per_chain(w.shape[0], x, y, True))
+            except Exception:  # noqa: BLE001 - forward-mode AD unsupported by some op: use double backward
+                self.vectorised_hvp_failed = True
         out = []
         for c in range(w.shape[0]):
             row = w[c].detach().requires_grad_(True)

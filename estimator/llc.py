@@ -355,7 +355,7 @@ class _Run:
         self, w: torch.Tensor, v0: torch.Tensor | None, iters: int
     ) -> tuple[float, torch.Tensor]:
         """max over rows of |top eigenvalue| of the Hessian of L on the curvature batch at w."""
-        if v0 is None or v0.shape != w.shape:
+        if v0 is None:
             v = torch.randn(w.shape, generator=self.aux_gen, device=self.device, dtype=self.dtype)
         else:
             v = v0.clone()
@@ -371,17 +371,24 @@ class _Run:
         return float(eig.abs().max()), v
 
     def _measure_chain_curvature(self) -> float:
+        """Top curvature over all chains at their current positions (warm-started power iteration)."""
+        rows = sum(chunk.w.shape[0] for chunk in self.chunks)
+        if self.chain_curv_vec is None or self.chain_curv_vec.shape[0] != rows:
+            # Start vectors for all chains in one draw, so chunking cannot change them.
+            self.chain_curv_vec = torch.randn(
+                (rows, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype
+            )
         h = 0.0
         vecs = []
         offset = 0
         for chunk in self.chunks:
             k = chunk.w.shape[0]
-            v0 = self.chain_curv_vec[offset : offset + k] if self.chain_curv_vec is not None else None
+            v0 = self.chain_curv_vec[offset : offset + k]
             hk, vk = self._top_curvature(chunk.w, v0, iters=defaults.WARMUP_POWER_ITERS)
             h = max(h, hk)
             vecs.append(vk)
             offset += k
-        self.chain_curv_vec = torch.cat(vecs) if vecs else None
+        self.chain_curv_vec = torch.cat(vecs)
         return h
 
     # ------------------------------------------------------------------ stepping
@@ -471,15 +478,15 @@ class _Run:
             since_check += 1
             if since_check >= defaults.CHECK_EVERY or t == self.num_burnin:
                 block = self.burnin_losses[t - since_check : t]
-                bad = self._bad_chains(block)
+                bad = self._bad_chains(block, t - since_check)
                 since_check = 0
                 if bad:
                     if auto_eps and self.burnin_restarts < defaults.MAX_BURNIN_RESTARTS:
-                        self._restart_burnin(bad)
+                        self._restart_burnin(sorted(bad))
                         t = 0
                         next_check = defaults.FIRST_CURVATURE_CHECK
                         continue
-                    self._mark_diverged(bad, phase="burnin", step=t)
+                    self._mark_diverged(bad, phase="burnin")
                 self._report_progress()
             if auto_eps and next_check is not None and t >= next_check:
                 self._adapt_epsilon()
@@ -539,9 +546,9 @@ class _Run:
             since_check += 1
             if since_check >= defaults.CHECK_EVERY or t == steps - 1:
                 block = self.sample_losses[t + 1 - since_check : t + 1]
-                bad = self._bad_chains(block)
+                bad = self._bad_chains(block, t + 1 - since_check)
                 if bad:
-                    self._mark_diverged(bad, phase="sampling", step=t + 1 - since_check)
+                    self._mark_diverged(bad, phase="sampling")
                 since_check = 0
                 done = t // bw + 1
                 self.draws_done = [
@@ -550,22 +557,30 @@ class _Run:
                 self._report_progress(force=t == steps - 1)
 
     # ------------------------------------------------------------------ health
-    def _bad_chains(self, block: torch.Tensor) -> list[int]:
-        """Chains whose loss went non-finite or exploded within ``block`` (steps × chains)."""
-        if block.numel() == 0:
-            return []
-        limit = self.init_loss + defaults.explosion_margin(self.P) / self.nbeta
-        finite = torch.isfinite(block)
-        exploded = finite & (block > limit)
-        bad_mask = ((~finite) | exploded).any(dim=0)
-        bad = [c for c in torch.nonzero(bad_mask).flatten().tolist() if c not in self.diverged]
-        return bad
+    def _bad_chains(self, block: torch.Tensor, start: int) -> dict[int, int]:
+        """{chain: first bad step} for chains whose loss went non-finite or exploded in ``block``.
 
-    def _mark_diverged(self, bad: list[int], phase: str, step: int) -> None:
+        ``block`` holds the losses of steps ``start, start+1, ...`` (steps × chains).
+        """
+        if block.numel() == 0:
+            return {}
+        limit = self.init_loss + defaults.explosion_margin(self.P) / self.nbeta
+        bad_steps = ~torch.isfinite(block) | (block > limit)
+        if not bool(bad_steps.any()):
+            return {}
+        out = {}
+        for c in torch.nonzero(bad_steps.any(dim=0)).flatten().tolist():
+            if c not in self.diverged:
+                out[c] = start + int(torch.nonzero(bad_steps[:, c])[0, 0])
+        return out
+
+    def _mark_diverged(self, bad: dict[int, int], phase: str) -> None:
+        """Stop the chains in ``bad`` ({chain: first bad step of the phase}); keep the draws before it."""
         bw = self.config.num_steps_bw_draws
         suggestion = self._suggested_epsilon()
-        for c in bad:
-            draws = 0 if phase == "burnin" else max(0, (step + bw - 1) // bw)
+        for c, step in sorted(bad.items()):
+            # Draws are the losses at steps 0, bw, 2bw, ...: those before the bad step are kept.
+            draws = 0 if phase == "burnin" else (step + bw - 1) // bw
             self.diverged[c] = {
                 "chain": c,
                 "phase": phase,
@@ -576,8 +591,8 @@ class _Run:
             self._note(
                 "diverged",
                 (
-                    f"chain {c} diverged during {phase} (loss became non-finite or exploded): the step size "
-                    f"ε = {self.epsilon:.3g} is too large for the curvature the chain met "
+                    f"chain {c} diverged during {phase} at step {step} (loss became non-finite or exploded): "
+                    f"the step size ε = {self.epsilon:.3g} is too large for the curvature the chain met "
                     f"(top Hessian eigenvalue seen ≈ {self.h_seen:.3g}, so ε·(nβ·h + γ)/4 = "
                     f"{self.epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g}); try epsilon ≤ {suggestion:.3g}"
                 ),

@@ -1,0 +1,297 @@
+"""The public API: inputs, losses, determinism across chain modes, progress/stop, divergence, export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from estimator import LLCConfig, LLCResult, ProgressEvent, estimate_llc
+
+# Short fixed-epsilon runs: these tests check plumbing, not accuracy.
+QUICK = LLCConfig(
+    seed=3, epsilon=1e-4, gamma=100.0, num_chains=3, num_draws=40, num_burnin_steps=20, batch_size=64
+)
+
+
+def _classifier(seed: int = 0, n: int = 256, d: int = 6, classes: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, classes))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return _classifier()
+
+
+def test_result_fields_and_json(classifier):
+    model, x, y = classifier
+    result = estimate_llc(model, (x, y), loss="cross_entropy", config=QUICK)
+    assert isinstance(result, LLCResult)
+    assert result.loss_trace.shape == (3, 40) and result.llc_trace.shape == (3, 40)
+    assert result.llc_per_chain.shape == (3,)
+    assert result.n == 256 and result.nbeta == pytest.approx(256 / math.log(256))
+    assert math.isfinite(result.llc_mean) and math.isfinite(result.llc_std)
+    assert result.llc_mean == pytest.approx(float(np.mean(result.llc_per_chain)))
+    # The running estimate ends at the per-chain estimate.
+    np.testing.assert_allclose(result.llc_trace[:, -1], result.llc_per_chain, rtol=1e-9)
+    with torch.no_grad():
+        assert result.init_loss == pytest.approx(nn.functional.cross_entropy(model(x), y).item(), rel=1e-5)
+    assert result.config.epsilon == 1e-4 and result.config.num_draws == 40
+    assert result.chain_mode == "vmap" and result.chain_mode_reason
+    assert result.stopped is False
+    for key in ("split_rhat", "bulk_ess", "mala_acceptance", "per_chain", "diverged_chains", "warnings"):
+        assert key in result.diagnostics
+    assert result.timings["steps_per_s"] > 0
+    for warning in result.warnings:
+        assert set(warning) == {"code", "message", "chain"}
+    encoded = json.dumps(result.to_dict(), allow_nan=False)
+    decoded = json.loads(encoded)
+    assert len(decoded["loss_trace"]) == 3 and len(decoded["loss_trace"][0]) == 40
+    assert decoded["config"]["epsilon"] == 1e-4
+
+
+def test_weights_untouched_and_mode_restored(classifier):
+    model, x, y = classifier
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimate_llc(model, (x, y), config=QUICK)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    model.eval()
+    estimate_llc(model, (x, y), config=QUICK)
+    assert not model.training
+
+
+def test_same_seed_bit_identical_across_chain_modes_and_chunking(classifier):
+    model, x, y = classifier
+    base = estimate_llc(model, (x, y), config=QUICK)
+    again = estimate_llc(model, (x, y), config=QUICK)
+    sequential = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode="sequential"))
+    chunked = estimate_llc(model, (x, y), config=QUICK.replace(max_chains_per_chunk=2))
+    assert sequential.chain_mode == "sequential"
+    assert "chunks of 2" in chunked.chain_mode_reason
+    for other in (again, sequential, chunked):
+        assert np.array_equal(base.loss_trace, other.loss_trace)
+        assert base.llc_mean == other.llc_mean
+    different = estimate_llc(model, (x, y), config=QUICK.replace(seed=4))
+    assert not np.array_equal(base.loss_trace, different.loss_trace)
+    # Chains are independent: no two chains share a trace.
+    assert not np.array_equal(base.loss_trace[0], base.loss_trace[1])
+
+
+def test_automatic_settings_are_deterministic_across_modes(classifier):
+    model, x, y = classifier
+    auto = LLCConfig(seed=1, num_chains=2, num_draws=30, num_burnin_steps=200)
+    a = estimate_llc(model, (x, y), config=auto)
+    b = estimate_llc(model, (x, y), config=auto.replace(chain_mode="sequential"))
+    assert a.epsilon == b.epsilon
+    assert np.array_equal(a.loss_trace, b.loss_trace)
+
+
+def test_dataset_input_matches_tensors(classifier):
+    model, x, y = classifier
+    from_tensors = estimate_llc(model, (x, y), config=QUICK)
+    from_dataset = estimate_llc(model, TensorDataset(x, y), config=QUICK)
+    assert np.array_equal(from_tensors.loss_trace, from_dataset.loss_trace)
+
+
+def test_loss_names_and_callable():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 4, generator=gen)
+    y_cls = torch.randint(0, 3, (128,), generator=gen)
+    y_bin = torch.randint(0, 2, (128,), generator=gen).float()
+    y_reg = torch.randn(128, 2, generator=gen)
+    torch.manual_seed(0)
+    logits = nn.Linear(4, 3)
+    log_probs = nn.Sequential(logits, nn.LogSoftmax(dim=-1))
+    ce = estimate_llc(logits, (x, y_cls), loss="cross_entropy", config=QUICK)
+    nll = estimate_llc(log_probs, (x, y_cls), loss="nll", config=QUICK)
+    assert nll.init_loss == pytest.approx(ce.init_loss, rel=1e-6)
+    assert nll.llc_mean == pytest.approx(ce.llc_mean, rel=1e-3)
+    bce = estimate_llc(nn.Linear(4, 1), (x, y_bin), loss="bce_with_logits", config=QUICK)
+    mse = estimate_llc(nn.Linear(4, 2), (x, y_reg), loss="mse", config=QUICK)
+    custom = estimate_llc(
+        nn.Linear(4, 2), (x, y_reg), loss=lambda out, t: ((out - t) ** 2).mean(), config=QUICK.replace(seed=5)
+    )
+    for result in (bce, mse, custom):
+        assert math.isfinite(result.llc_mean)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        estimate_llc(logits, (x, y_cls), loss="hinge", config=QUICK)
+
+
+def test_bad_inputs_are_named():
+    model = nn.Linear(3, 1)
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="inputs have 10 samples but targets have 9"):
+        estimate_llc(model, (x, torch.randn(9, 1)), loss="mse")
+    with pytest.raises(ValueError, match="data must be"):
+        estimate_llc(model, [x], loss="mse")
+    with pytest.raises(ValueError, match="config must be an LLCConfig"):
+        estimate_llc(model, (x, torch.randn(10, 1)), loss="mse", config={"epsilon": 1e-3})
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        estimate_llc(lambda v: v, (x, torch.randn(10, 1)), loss="mse")
+    frozen = nn.Linear(3, 1).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        estimate_llc(frozen, (x, torch.randn(10, 1)), loss="mse")
+
+
+def test_progress_events_bounded_and_stop(classifier):
+    model, x, y = classifier
+    events: list[ProgressEvent] = []
+    config = QUICK.replace(num_draws=3000, num_burnin_steps=50)
+
+    def stop_after_some_draws(event: ProgressEvent):
+        events.append(event)
+        return not (event.phase == "sampling" and min(event.draws_done) >= 100)
+
+    import estimator.llc as llc_module
+
+    old = llc_module.PROGRESS_INTERVAL_S
+    llc_module.PROGRESS_INTERVAL_S = 0.0  # report at every check so the test is fast and deterministic
+    try:
+        result = estimate_llc(model, (x, y), config=config, progress=stop_after_some_draws)
+    finally:
+        llc_module.PROGRESS_INTERVAL_S = old
+    assert result.stopped
+    assert any(w["code"] == "stopped" for w in result.warnings)
+    done = events[-1].draws_done
+    assert 100 <= min(done) < 3000
+    assert result.loss_trace.shape == (3, max(done))
+    assert np.all(np.isfinite(result.loss_trace))
+    assert math.isfinite(result.llc_mean)
+    assert events[0].phase == "burnin" and events[-1].num_draws == 3000 and events[-1].num_chains == 3
+    steps = [e.steps_done for e in events]
+    assert steps == sorted(steps)
+    assert all(0 <= e.fraction <= 1 for e in events)
+
+
+def test_progress_rate_is_bounded(classifier):
+    model, x, y = classifier
+    events: list[ProgressEvent] = []
+    result = estimate_llc(model, (x, y), config=QUICK.replace(num_draws=400), progress=events.append)
+    elapsed = result.timings["total_s"]
+    # At most one report per 0.5 s plus one at the end of each phase.
+    assert 1 <= len(events) <= elapsed / 0.5 + 3
+    assert events[-1].draws_done == [400, 400, 400]
+
+
+def test_stop_during_burnin_returns_empty_result(classifier):
+    model, x, y = classifier
+    result = estimate_llc(model, (x, y), config=QUICK, progress=lambda event: False)
+    assert result.stopped
+    assert result.loss_trace.shape[1] == 0
+    assert math.isnan(result.llc_mean)
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_huge_epsilon_diverges_with_a_helpful_message(classifier):
+    model, x, y = classifier
+    result = estimate_llc(model, (x, y), config=QUICK.replace(epsilon=10.0))
+    assert result.diagnostics["diverged_chains"] == [0, 1, 2]
+    assert math.isnan(result.llc_mean)
+    messages = [w for w in result.warnings if w["code"] == "diverged"]
+    assert len(messages) == 3 and {w["chain"] for w in messages} == {0, 1, 2}
+    assert "too large for the curvature" in messages[0]["message"] and "try epsilon" in messages[0]["message"]
+    suggested = result.diagnostics["divergences"][0]["suggested_epsilon"]
+    assert 0 < suggested < 1.0
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+class _Cliff(nn.Module):
+    """A quadratic bowl with a wall of exploding loss at |w| > 2: chains that wander out diverge."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        w = self.w.expand(x.shape[0], 1)
+        return 0.5 * w**2 + torch.exp(40 * (w.abs() - 2.0))
+
+
+def test_healthy_chains_still_report_when_some_diverge():
+    x = torch.zeros(100, 1)
+    config = LLCConfig(
+        seed=0,
+        epsilon=0.05,
+        gamma=0.01,
+        nbeta=1.0,
+        num_chains=8,
+        num_draws=300,
+        num_burnin_steps=0,
+        batch_size=100,
+    )
+    result = estimate_llc(_Cliff(), (x, torch.zeros(100, 1)), loss=lambda out, t: out.mean(), config=config)
+    diverged = result.diagnostics["diverged_chains"]
+    assert 0 < len(diverged) < 8
+    healthy = [c for c in range(8) if c not in diverged]
+    assert np.all(np.isnan(result.llc_per_chain[diverged]))
+    assert np.all(np.isfinite(result.llc_per_chain[healthy]))
+    assert result.llc_mean == pytest.approx(float(np.mean(result.llc_per_chain[healthy])))
+    for info in result.diagnostics["divergences"]:
+        kept = info["draws_done"]
+        assert np.all(np.isfinite(result.loss_trace[info["chain"], :kept]))
+        assert np.all(np.isnan(result.loss_trace[info["chain"], kept:]))
+
+
+class _NeedsItem(nn.Module):
+    """Data-dependent Python control flow: torch.func.vmap cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, x):
+        out = self.lin(x)
+        if out.sum().item() > 1e9:
+            out = out * 0
+        return out
+
+
+def test_unvmappable_model_falls_back_to_sequential():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    model = _NeedsItem()
+    result = estimate_llc(model, (x, y), loss="mse", config=QUICK.replace(batch_size=16))
+    assert result.chain_mode == "sequential"
+    assert "cannot be vmapped" in result.chain_mode_reason
+    assert any(w["code"] == "vmap_unavailable" for w in result.warnings)
+    assert math.isfinite(result.llc_mean)
+
+
+def test_export_module_input(classifier):
+    model, x, y = classifier
+    model.eval()
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(model, (x[:8],), dynamic_shapes=({0: batch},)).module()
+    direct = estimate_llc(model, (x, y), config=QUICK)
+    via_export = estimate_llc(exported, (x, y), config=QUICK)
+    assert via_export.init_loss == pytest.approx(direct.init_loss, rel=1e-6)
+    np.testing.assert_allclose(via_export.loss_trace, direct.loss_trace, rtol=1e-4)
+
+
+def test_export_module_with_static_batch(classifier):
+    model, x, y = classifier
+    model.eval()
+    exported = torch.export.export(model, (x[:32],)).module()
+    result = estimate_llc(exported, (x, y), config=QUICK)
+    assert result.config.batch_size == 32
+    assert any(w["code"] == "static_batch" for w in result.warnings)
+    assert math.isfinite(result.llc_mean)
