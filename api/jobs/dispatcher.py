@@ -3,7 +3,7 @@
 A thread in the API process. Each job runs in its own ``python -m worker.run_job JOB_ID`` subprocess
 (torch never enters the API process, and a crashing job cannot take the API down), at most
 ``embedded_max_concurrent_jobs`` at a time, oldest queued job first. The thread wakes when a job is
-submitted (``wake_dispatchers``) and polls otherwise.
+submitted (``wake_dispatchers``) or a job process ends, and polls otherwise.
 
 - On start, jobs left ``running`` by a previous server are re-queued (or failed, if they used up
   their attempts): that server and its job processes are gone.
@@ -164,7 +164,14 @@ class EmbeddedDispatcher:
             start_new_session=True,  # Ctrl-C on the server reaches the server; it stops its jobs itself
         )
         log.info("job %s: started process %d", job_id, process.pid)
+        # Wake the loop the moment the process ends, to record the outcome and start the next job.
+        threading.Thread(target=self._wake_on_exit, args=(process,), name=f"job-{job_id[:8]}-exit",
+                         daemon=True).start()
         return _Child(job_id, process, log_file, time.monotonic())
+
+    def _wake_on_exit(self, process: subprocess.Popen) -> None:
+        process.wait()
+        self._wake.set()
 
     def _collect_exited(self) -> None:
         for job_id, child in list(self._children.items()):
