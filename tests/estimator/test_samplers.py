@@ -1,0 +1,157 @@
+"""Samplers against exact results on a quadratic loss.
+
+For L(w) = 1/2 Σ h_i w_i² (w* = 0) and a full batch, SGLD on each coordinate is an AR(1) chain
+    w <- (1 - ε a_i / 2) w + sqrt(ε) ξ,   a_i = nβ h_i + γ,
+whose stationary variance is 1 / (a_i (1 - ε a_i / 4)). Hence
+    E[nβ (L - L(w*))] = Σ_i nβ h_i / (2 a_i (1 - ε a_i / 4)),
+which tends to the finite-temperature value 1/2 Σ nβ h_i / (nβ h_i + γ) as ε -> 0: the quadratic
+bias factor of llc-theory.md is exactly 1 / (1 - ε a / 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from estimator import LLCConfig, estimate_llc
+from estimator.samplers import rmsprop_sgld, sgld, sgnht
+
+
+class Quadratic(nn.Module):
+    """Outputs its parameter vector for every sample; with the loss below, L(w) = 1/2 Σ h_i w_i²."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return self.w.expand(x.shape[0], -1)
+
+
+def quadratic_loss(h: torch.Tensor):
+    def loss(outputs, targets):
+        return 0.5 * (outputs.pow(2) * h).sum(-1).mean()
+
+    return loss
+
+
+H = torch.tensor([0.5, 1.0, 2.0, 4.0, 0.25, 1.5, 3.0, 0.75])
+NBETA = 10.0
+
+
+def exact_expectation(h: torch.Tensor, nbeta: float, gamma: float, epsilon: float) -> float:
+    a = nbeta * h + gamma
+    return float((nbeta * h / (2 * a * (1 - epsilon * a / 4))).sum())
+
+
+def run_quadratic(epsilon: float, gamma: float, sampler: str = "sgld", draws: int = 6000, seed: int = 0):
+    x = torch.zeros(16, 1)
+    config = LLCConfig(
+        seed=seed,
+        sampler=sampler,
+        epsilon=epsilon,
+        gamma=gamma,
+        nbeta=NBETA,
+        num_chains=8,
+        num_draws=draws,
+        num_burnin_steps=500,
+        batch_size=16,
+        dtype="float64",
+    )
+    return estimate_llc(Quadratic(len(H)), (x, torch.zeros(16, 1)), loss=quadratic_loss(H), config=config)
+
+
+def test_small_step_gives_the_exact_finite_temperature_value():
+    gamma = 10.0  # comparable to nβ h, so the γ-dependence of the value is really tested
+    epsilon = 2e-3  # ε a/4 ≤ 0.025
+    result = run_quadratic(epsilon=epsilon, gamma=gamma, draws=12000)
+    finite_temperature = 0.5 * float((NBETA * H / (NBETA * H + gamma)).sum())
+    assert finite_temperature == pytest.approx(exact_expectation(H, NBETA, gamma, 0.0))
+    sem = result.llc_sem
+    assert sem < 0.02 * finite_temperature  # the run is long enough for the comparison to mean something
+    # The exact discrete-time value, within 4 standard errors.
+    assert abs(result.llc_mean - exact_expectation(H, NBETA, gamma, epsilon)) < 4 * sem
+    # And the ε -> 0 value within the (≤ 2.5 %) discretisation bias plus 4 standard errors.
+    assert abs(result.llc_mean - finite_temperature) < 0.025 * finite_temperature + 4 * sem
+    assert result.diagnostics["split_rhat"] < 1.05
+
+
+def test_bias_factor_matches_one_over_one_minus_eps_a_over_4():
+    gamma = 1.0
+    epsilon = 0.05  # ε a/4 ranges from 0.075 to 0.51: large, known inflation
+    result = run_quadratic(epsilon=epsilon, gamma=gamma)
+    exact = exact_expectation(H, NBETA, gamma, epsilon)
+    unbiased = exact_expectation(H, NBETA, gamma, 0.0)
+    assert exact / unbiased > 1.2  # the bias is real and large here
+    assert abs(result.llc_mean - exact) < 4 * result.llc_sem
+    assert result.llc_sem < 0.02 * exact
+    # MALA acceptance sees the large step.
+    assert result.diagnostics["mala_acceptance"] < 0.97
+
+
+def test_rmsprop_sgld_samples_the_same_quadratic_posterior():
+    gamma = 10.0
+    result = run_quadratic(epsilon=1e-3, gamma=gamma, sampler="rmsprop_sgld")
+    target = exact_expectation(H, NBETA, gamma, 0.0)
+    assert abs(result.llc_mean - target) < 0.03 * target + 4 * result.llc_sem
+
+
+def test_sgnht_samples_the_same_quadratic_posterior():
+    gamma = 10.0
+    result = run_quadratic(epsilon=1e-3, gamma=gamma, sampler="sgnht", draws=8000)
+    target = exact_expectation(H, NBETA, gamma, 0.0)
+    assert abs(result.llc_mean - target) < 0.05 * target + 4 * result.llc_sem
+
+
+def test_automatic_epsilon_meets_the_bias_target():
+    gamma = 10.0
+    x = torch.zeros(16, 1)
+    config = LLCConfig(seed=0, gamma=gamma, nbeta=NBETA, num_chains=4, num_draws=3000, dtype="float64")
+    result = estimate_llc(Quadratic(len(H)), (x, torch.zeros(16, 1)), loss=quadratic_loss(H), config=config)
+    a_max = NBETA * float(H.max()) + gamma
+    assert result.diagnostics["top_hessian_eigenvalue_at_w_star"] == pytest.approx(float(H.max()), rel=1e-3)
+    assert result.epsilon * a_max / 4 == pytest.approx(
+        config.target_bias / (1 + config.target_bias), rel=1e-3
+    )
+    target = exact_expectation(H, NBETA, gamma, 0.0)
+    assert abs(result.llc_mean - target) < 0.02 * target + 4 * result.llc_sem
+
+
+def test_sgld_kernel_is_the_paper_update():
+    w_star = {"w": torch.tensor([[1.0, -2.0]])}
+    w = torch.tensor([[1.5, 0.0]])
+    grads = {"w": torch.tensor([[0.2, -0.4]])}
+    noise = {"w": torch.tensor([[0.3, 0.1]])}
+    eps, gamma, nbeta = 0.01, 5.0, 100.0
+    kernel = sgld.build(eps, gamma, nbeta, w_star)
+    state = kernel.init({"w": w.clone()})
+    state = kernel.update(state, grads, noise)
+    expected = w - eps / 2 * (nbeta * grads["w"] + gamma * (w - w_star["w"])) + math.sqrt(eps) * noise["w"]
+    torch.testing.assert_close(state.params["w"], expected)
+
+
+def test_rmsprop_kernel_freezes_its_preconditioner():
+    w_star = {"w": torch.zeros(1, 3)}
+    kernel = rmsprop_sgld.build(1e-3, 1.0, 10.0, w_star)
+    state = kernel.init({"w": torch.zeros(1, 3)})
+    for g in (1.0, 2.0):
+        kernel.update(state, {"w": torch.full((1, 3), g)}, {"w": torch.zeros(1, 3)})
+    frozen = kernel.freeze(state).precond["w"].clone()
+    kernel.update(state, {"w": torch.full((1, 3), 100.0)}, {"w": torch.zeros(1, 3)})
+    torch.testing.assert_close(state.precond["w"], frozen)
+
+
+def test_sgnht_thermostat_is_per_chain():
+    w_star = {"w": torch.zeros(2, 4)}
+    kernel = sgnht.build(1e-2, 1.0, 1.0, w_star)
+    state = kernel.init({"w": torch.zeros(2, 4)}, {"w": torch.ones(2, 4)})
+    kernel.update(
+        state, {"w": torch.stack([torch.zeros(4), torch.full((4,), 10.0)])}, {"w": torch.zeros(2, 4)}
+    )
+    assert state.thermostat.shape == (2,)
+    assert state.thermostat[0] != state.thermostat[1]
+    assert np.isfinite(state.thermostat.numpy()).all()
