@@ -294,6 +294,8 @@ def parse_args(argv=None):
                         help="time the ratios use: process CPU time (default on CPU: robust to other load on "
                              "a shared machine) or wall time (default on GPU)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=OUT_DIR / "speed.json")
+    parser.add_argument("--work-dir", type=Path, default=OUT_DIR,
+                        help="where the problem files (weights + data) for the runners are written")  # fmt: skip
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -328,7 +330,7 @@ def main(argv=None) -> int:
     results: dict[str, dict[str, dict]] = {}
     facts: dict[str, dict] = {}
     for model_name in args.models:
-        problem = OUT_DIR / f"speed_problem_{model_name}.pt"
+        problem = args.work_dir / f"speed_problem_{model_name}.pt"
         facts[model_name] = make_problem(model_name, args.n, args.seed, args.train_steps, problem)
         facts[model_name]["activation_bytes"] = activation_bytes(model_name, args.batch_size)
         runs: dict[str, list[dict]] = {c: [] for c in contenders}
@@ -344,7 +346,7 @@ def main(argv=None) -> int:
 
     text = format_tables(results, facts, args)
     if (args.chain_scaling or args.device.startswith("cuda")) and "mlp" in args.models:
-        text += "\n" + chain_scaling(OUT_DIR / "speed_problem_mlp.pt", args)
+        text += "\n" + chain_scaling(args.work_dir / "speed_problem_mlp.pt", args)
     print(text)
     print(f"\n(total benchmark time {time.perf_counter() - started:.0f} s)")
 

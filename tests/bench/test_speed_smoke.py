@@ -17,7 +17,7 @@ def test_speed_benchmark_runs_bare_and_lambdahat(tmp_path):
         sys.executable, str(REPO / "bench" / "speed.py"),
         "--models", "mlp", "--contenders", "bare,lambdahat", "--repeats", "1",
         "--n", "600", "--mlp-draws", "4", "--train-steps", "3", "--warmup-draws", "1",
-        "--json-out", str(out),
+        "--json-out", str(out), "--work-dir", str(tmp_path),
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
