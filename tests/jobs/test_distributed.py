@@ -131,16 +131,19 @@ def test_a_killed_worker_job_is_reclaimed_and_finishes(deployment, artifacts):  
     server = d.serve()
     try:
         ids = upload(server.client, *artifacts)
-        first = d.worker("doomed")
+        workers = {name: d.worker(name) for name in ("worker-1", "worker-2")}
         job_id = submit(server.client, *ids, seed=3, num_draws=1000)
-        wait_job(server.client, job_id, 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
-        rescuer = d.worker("rescuer")
+        running = wait_job(server.client, job_id, 60,
+                           until=lambda j: j["status"] == "running" and j["progress"] > 0)
+        doomed = running["worker"]
+        rescuer_name = next(name for name in workers if name != doomed)
+        rescuer = workers[rescuer_name]
         killed_at = time.monotonic()
-        first.kill_group()  # SIGKILL the worker and its pool process: no goodbye, no ack
+        workers[doomed].kill_group()  # SIGKILL the worker and its pool process: no goodbye, no ack
 
         job = wait_job(server.client, job_id, timeout=120)
         assert job["status"] == "succeeded", d.logs()
-        assert (job["attempts"], job["worker"]) == (2, "rescuer")
+        assert (job["attempts"], job["worker"]) == (2, rescuer_name)
         assert time.monotonic() - killed_at > 3  # only after the heartbeat went stale
         traces = server.client.get(f"/v1/jobs/{job_id}/traces").json()
         assert (traces["num_chains"], traces["num_draws"]) == (2, 1000)
