@@ -66,7 +66,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_heartbeat=0,
     )
 
 

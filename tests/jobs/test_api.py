@@ -290,3 +290,11 @@ def test_config_fields_are_the_estimators():
     from estimator.config import LLCConfig
 
     assert set(LLC_CONFIG_FIELDS) == {f.name for f in dataclasses.fields(LLCConfig)}
+
+
+def test_submission_survives_an_unreachable_broker(api, seeded):  # noqa: ANN001
+    # The row is committed before the enqueue; a failed enqueue is logged, and the reaper re-sends it later.
+    api.settings.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = submit(api, seeded)
+    assert response.status_code == 202
+    assert api.get(f"/v1/jobs/{response.json()['id']}").json()["status"] == "queued"
