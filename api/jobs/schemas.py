@@ -36,7 +36,7 @@ class LLCConfigIn(BaseModel):
         None, description="SG-MCMC kernel: sgld (the paper's), rmsprop_sgld or sgnht.")
     epsilon: float | None = Field(None, gt=0, le=10.0, allow_inf_nan=False,
                                   description="Step size; null = chosen from the local curvature.")
-    gamma: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False,
+    gamma: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False,
                                 description="Localization strength around w*.")
     nbeta: float | None = Field(None, gt=0, le=1e12, allow_inf_nan=False,
                                 description="n * beta (inverse temperature times n); null = n / log n.")

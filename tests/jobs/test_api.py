@@ -148,6 +148,7 @@ def test_pt2_checkpoint_needs_run_code_scope(api, code_api):  # noqa: ANN001
         ({"config": {"num_draws": 0}}, "num_draws"),
         ({"config": {"seed": -1}}, "seed"),
         ({"config": {"gamma": -5}}, "gamma"),
+        ({"config": {"gamma": 0}}, "gamma"),
         ({"config": {"sampler": "hmc"}}, "sampler"),
         ({"config": {"device": "tpu"}}, "device"),
         ({"config": {"chain_mode": "parallel"}}, "chain_mode"),
@@ -298,3 +299,19 @@ def test_submission_survives_an_unreachable_broker(api, seeded):  # noqa: ANN001
     response = submit(api, seeded)
     assert response.status_code == 202
     assert api.get(f"/v1/jobs/{response.json()['id']}").json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("config", [
+    {"epsilon": 1e-12, "gamma": 1e-12, "nbeta": 1e-12, "num_chains": 1, "num_draws": 1, "num_burnin_steps": 0,
+     "num_steps_bw_draws": 1, "batch_size": 1, "seed": 0, "device": "cuda:3", "dtype": "float64",
+     "chain_mode": "sequential", "max_chains_per_chunk": 1, "target_bias": 0.49, "rhat_threshold": 1.0001,
+     "min_ess": 0, "mala_band": [0, 1]},
+    {"sampler": "sgnht", "num_chains": 64, "epsilon": 10, "device": "auto", "chain_mode": "vmap", "seed": 2**63 - 1},
+    {},
+])
+def test_every_config_the_api_accepts_the_estimator_accepts(config):  # noqa: ANN001
+    from api.jobs.schemas import JobCreate
+    from estimator.config import LLCConfig
+
+    body = JobCreate(checkpoint_id="c", dataset_id="d", loss="mse", config=config)
+    LLCConfig.from_dict(body.config_dict())  # raises if the worker would refuse what the API let through
