@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,26 +190,29 @@ def _pad(array: np.ndarray, width: int) -> np.ndarray:
 # -- trace encodings ---------------------------------------------------------------------------------
 
 
-def _number(value: np.float32) -> str:
-    # numpy prints the shortest text that reads back as the same float32; JSON has no NaN/Inf.
-    return str(value) if np.isfinite(value) else "null"
+def _numbers(row: np.ndarray) -> str:
+    """Comma-separated values with 9 significant digits (enough to read back the exact float32);
+    JSON has no NaN/Inf, so non-finite values are null."""
+    values = row.tolist()
+    if np.isfinite(row).all():
+        return ",".join([f"{v:.9g}" for v in values])
+    return ",".join([f"{v:.9g}" if math.isfinite(v) else "null" for v in values])
 
 
 def traces_json(traces: Traces) -> str:
     def matrix(array: np.ndarray) -> str:
-        return "[" + ",".join("[" + ",".join(map(_number, row)) + "]" for row in array) + "]"
+        return "[" + ",".join("[" + _numbers(row) + "]" for row in array) + "]"
 
-    init_loss = traces.init_loss
     head = json.dumps({"job_id": traces.job_id, "num_chains": traces.num_chains, "num_draws": traces.num_draws,
-                       "init_loss": init_loss})
+                       "init_loss": traces.init_loss})
     return head[:-1] + f', "loss": {matrix(traces.loss)}, "llc": {matrix(traces.llc)}}}'
 
 
 def traces_csv_lines(traces: Traces):  # noqa: ANN201 - a generator of str
     yield "chain,draw,loss,llc\n"
     for c in range(traces.num_chains):
-        loss, llc = traces.loss[c], traces.llc[c]
-        yield "".join(f"{c},{d},{loss[d]},{llc[d]}\n" for d in range(traces.num_draws))
+        loss, llc = traces.loss[c].tolist(), traces.llc[c].tolist()
+        yield "".join(f"{c},{d},{loss[d]:.9g},{llc[d]:.9g}\n" for d in range(traces.num_draws))
 
 
 def traces_npz(traces: Traces) -> bytes:
