@@ -22,6 +22,7 @@ from api.jobs.schemas import JobCreate, check_config_against
 from api.models import Job, JobStatus
 from api.pagination import decode_cursor, page
 from api.settings import Settings
+from api.types import is_valid_id
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
@@ -64,10 +65,10 @@ class JobService:
             if existing is not None:
                 return self._replay(existing, body, config, idempotency_key), False
 
-        checkpoint = self.repo.get_checkpoint(body.checkpoint_id)
+        checkpoint = self.repo.get_checkpoint(body.checkpoint_id) if is_valid_id(body.checkpoint_id) else None
         if checkpoint is None:
             raise not_found("checkpoint", body.checkpoint_id)
-        dataset = self.repo.get_dataset(body.dataset_id)
+        dataset = self.repo.get_dataset(body.dataset_id) if is_valid_id(body.dataset_id) else None
         if dataset is None:
             raise not_found("dataset", body.dataset_id)
         if checkpoint.format == "pt2" and not self.principal.can("run-code"):
@@ -123,13 +124,16 @@ class JobService:
     # -- read --------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        job = self.repo.get(job_id)
+        # A malformed id cannot exist; it never reaches the database (PostgreSQL refuses NUL bytes, say).
+        job = self.repo.get(job_id) if is_valid_id(job_id) else None
         if job is None:
             raise not_found("job", job_id)
         return job
 
     def list(self, *, limit: int, status_filter: str | None, checkpoint_id: str | None,
              cursor: str | None) -> tuple[list[Job], str | None]:
+        if checkpoint_id is not None and not is_valid_id(checkpoint_id):
+            return [], None  # no job can have that checkpoint
         before = decode_cursor(cursor) if cursor else None
         jobs = self.repo.list(limit=limit + 1, status=status_filter, checkpoint_id=checkpoint_id, before=before)
         return page(jobs, limit)

@@ -315,3 +315,16 @@ def test_every_config_the_api_accepts_the_estimator_accepts(config):  # noqa: AN
 
     body = JobCreate(checkpoint_id="c", dataset_id="d", loss="mse", config=config)
     LLCConfig.from_dict(body.config_dict())  # raises if the worker would refuse what the API let through
+
+
+def test_hostile_ids_never_reach_the_database(api, seeded):  # noqa: ANN001
+    # PostgreSQL refuses strings with NUL bytes: such ids must answer 404 (or an empty list), never 500.
+    for path in ("/v1/jobs/a%00b", "/v1/jobs/a%00b/traces"):
+        assert api.get(path).status_code == 404
+    assert api.post("/v1/jobs/a%00b/cancel").status_code == 404
+    assert submit(api, seeded, checkpoint_id="a\x00b").status_code == 404
+    assert submit(api, seeded, dataset_id="a\x00b").status_code == 404
+    listed = api.get("/v1/jobs", params={"checkpoint_id": "a\x00b"})
+    assert listed.status_code == 200 and listed.json() == {"items": [], "next_cursor": None}
+    assert api.get("/v1/jobs", params={"cursor": "WyIyMDI2LTAxLTAxIiwgImFcdTAwMDBiIl0"}).status_code == 422
+    assert job_count(api.settings) == 0
