@@ -157,6 +157,8 @@ def run_job(
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, readable job error
         monitor.finish()
         message = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
+        # Users see the error; where artifacts live on the workers is not theirs to see.
+        message = message.replace(str(settings.artifact_dir), "<artifacts>")
         log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
         return _finish_unsuccessfully(settings, job_id, attempt, FAILED, message)
     monitor.finish()
@@ -202,12 +204,18 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
         lifecycle.set_resolved_config(session, job_id, attempt, _config_dict(llc_config))
 
     store = ArtifactStore(settings)
+    checkpoint_path, dataset_path = store.path(checkpoint.storage_key), store.path(dataset.storage_key)
+    for kind, path in (("checkpoint", checkpoint_path), ("dataset", dataset_path)):
+        if not path.exists():
+            raise StepError(f"loading the {kind}", FileNotFoundError(
+                f"the stored {kind} file is missing on this worker; every worker must see the API's "
+                "artifacts (LAMBDAHAT_ARTIFACT_DIR on a shared volume)"))
     try:
-        model = load_model(store.path(checkpoint.storage_key), checkpoint.format, checkpoint.architecture)
+        model = load_model(checkpoint_path, checkpoint.format, checkpoint.architecture)
     except Exception as exc:  # noqa: BLE001
         raise StepError("loading the checkpoint", exc) from exc
     try:
-        x, y = load_dataset(store.path(dataset.storage_key), dataset.format)
+        x, y = load_dataset(dataset_path, dataset.format)
     except Exception as exc:  # noqa: BLE001
         raise StepError("loading the dataset", exc) from exc
     try:

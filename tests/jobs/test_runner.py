@@ -116,7 +116,8 @@ def test_errors_become_readable_job_failures(api, seeded):  # noqa: ANN001
     seeded.checkpoint_path.unlink()
     assert run_job(missing_file, settings=api.settings).status == "failed"
     error = api.get(f"/v1/jobs/{missing_file}").json()["error"]
-    assert error.startswith("loading the checkpoint failed:")
+    assert error.startswith("loading the checkpoint failed: FileNotFoundError:") and "ARTIFACT_DIR" in error
+    assert str(api.settings.artifact_dir) not in error
 
 
 def _run_in_thread(api, job_id):  # noqa: ANN001, ANN202
