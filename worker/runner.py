@@ -74,7 +74,7 @@ class JobMonitor(threading.Thread):
         total = max(1, int(getattr(event, "total_steps", 0) or 0))
         self.progress = min(1.0, float(getattr(event, "steps_done", 0)) / total)
         draws = list(getattr(event, "draws_done", []) or [])
-        self.draws_done = int(min(draws)) if draws else 0
+        self.draws_done = int(max(draws)) if draws else 0  # a diverged chain stops counting; the rest go on
         if self.stop_reason is None and time.monotonic() > self.deadline:
             self.stop_reason = "time_limit"
         return self.stop_reason is None
