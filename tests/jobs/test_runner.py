@@ -1,21 +1,15 @@
-"""The job runner in this process: result rows, equality with the library, errors, cancel, time limit.
-
-The first test runs on SQLite and PostgreSQL; the others on SQLite only (they exercise the runner,
-not the database), to keep the suite fast.
-"""
+"""The job runner in this process: what it stores equals what the library computes (on SQLite and
+PostgreSQL). Its other behaviour (errors, cancel, time limit) is in test_runner_behaviour.py."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.db import session_scope
-from api.models import Job, JobChain, TraceChunk
+from api.models import JobChain
 from worker.runner import run_job
 
 # Small and explicit: no automatic tuning, a few hundred steps.
@@ -75,92 +69,3 @@ def test_runner_stores_exactly_what_the_library_computes(api, seeded):  # noqa: 
     # A second delivery of the same job does nothing.
     assert run_job(job_id, settings=api.settings, worker_name="other").status == "skipped"
     assert api.get(f"/v1/jobs/{job_id}").json()["attempts"] == 1
-
-
-@pytest.fixture
-def sqlite_only(request):  # noqa: ANN001
-    if request.node.callspec.params.get("database_url") == "postgres":
-        pytest.skip("runner behaviour; covered on PostgreSQL by the first test")
-
-
-@pytest.mark.usefixtures("sqlite_only")
-def test_a_rerun_replaces_rows_left_by_an_earlier_attempt(api, seeded):  # noqa: ANN001
-    job_id = submit(api, seeded)
-    with session_scope(api.settings) as session:
-        session.add(TraceChunk(job_id=job_id, chain=5, series="loss", start_draw=0, num_draws=1, data=b"\0" * 4))
-        session.add(JobChain(job_id=job_id, chain=5, num_draws=1))
-    assert run_job(job_id, settings=api.settings).status == "succeeded"
-    with session_scope(api.settings) as session:
-        chunks = session.scalars(select(TraceChunk).where(TraceChunk.job_id == job_id)).all()
-        assert sorted({c.chain for c in chunks}) == [0, 1]
-        assert sum(c.num_draws for c in chunks) == 2 * CONFIG["num_chains"] * CONFIG["num_draws"]
-        assert session.scalar(select(func.count()).select_from(JobChain).where(JobChain.job_id == job_id)) == 2
-
-
-@pytest.mark.usefixtures("sqlite_only")
-def test_errors_become_readable_job_failures(api, seeded):  # noqa: ANN001
-    bad_config = submit(api, seeded)
-    with session_scope(api.settings) as session:
-        session.get(Job, bad_config).config = {"num_chains": "four"}  # past the API's checks
-    assert run_job(bad_config, settings=api.settings).status == "failed"
-    error = api.get(f"/v1/jobs/{bad_config}").json()["error"]
-    assert error.startswith("checking the config failed: ValueError:") and "num_chains" in error
-
-    wrong_loss = submit(api, seeded, loss="bce_with_logits")  # 3 logits vs integer class labels
-    assert run_job(wrong_loss, settings=api.settings).status == "failed"
-    error = api.get(f"/v1/jobs/{wrong_loss}").json()["error"]
-    assert error.startswith("estimating the LLC failed:") and "Traceback" not in error
-
-    missing_file = submit(api, seeded)
-    seeded.checkpoint_path.chmod(0o600)
-    seeded.checkpoint_path.unlink()
-    assert run_job(missing_file, settings=api.settings).status == "failed"
-    error = api.get(f"/v1/jobs/{missing_file}").json()["error"]
-    assert error.startswith("loading the checkpoint failed: FileNotFoundError:") and "ARTIFACT_DIR" in error
-    assert str(api.settings.artifact_dir) not in error
-
-
-def _run_in_thread(api, job_id):  # noqa: ANN001, ANN202
-    outcome: list = []
-    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings=api.settings)))
-    thread.start()
-    return thread, outcome
-
-
-def _wait_running(api, job_id, timeout=60.0) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == "running" and job["progress"] > 0:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not start making progress: {job}")
-
-
-@pytest.mark.usefixtures("sqlite_only")
-def test_cancel_stops_a_running_job_within_seconds(api, seeded):  # noqa: ANN001
-    api.settings.heartbeat_interval = 0.2
-    job_id = submit(api, seeded, config={**CONFIG, "num_draws": 100_000})
-    thread, outcome = _run_in_thread(api, job_id)
-    _wait_running(api, job_id)
-    asked = time.monotonic()
-    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["cancel_requested"] is True
-    thread.join(timeout=30)
-    took = time.monotonic() - asked
-    job = api.get(f"/v1/jobs/{job_id}").json()
-    assert outcome[0].status == "cancelled" and job["status"] == "cancelled"
-    assert "cancelled by request" in job["error"] and job["draws_done"] < 100_000
-    assert took < 5.0, f"cancellation took {took:.1f} s"
-    assert api.get(f"/v1/jobs/{job_id}/traces").status_code == 409
-
-
-@pytest.mark.usefixtures("sqlite_only")
-def test_time_limit_fails_the_job(api, seeded):  # noqa: ANN001
-    api.settings.heartbeat_interval = 0.2
-    api.settings.job_time_limit = 2.0
-    job_id = submit(api, seeded, config={**CONFIG, "num_draws": 100_000})
-    started = time.monotonic()
-    assert run_job(job_id, settings=api.settings).status == "failed"
-    assert time.monotonic() - started < 15
-    job = api.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "failed" and "time limit of 2 s exceeded" in job["error"]
