@@ -57,7 +57,8 @@ def normal_crossing(k: Sequence[int], h: Sequence[int | Fraction] | None = None)
     ``K`` imposes nothing); the multiplicity is the number of coordinates attaining the minimum.
     ``h`` defaults to all zeros (a prior with positive, smooth density at the origin).
 
-    Source: Watanabe (2009), Theorem 2.7 / Remark on normal crossing; Lau et al., arXiv 2308.12108,
+    Source: S. Watanabe, *Algebraic Geometry and Statistical Learning Theory* (2009), the normal
+    crossing case of the RLCT; Lau et al., arXiv 2308.12108,
     where the model ``f(x; w) = x * prod_i w_i^(k_i)`` with pure-noise targets realises this ``K``.
     """
     k = list(k)
