@@ -6,12 +6,22 @@ deployment agrees on where the database, the broker and the artifacts are.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# "s3://bucket/prefix", "gs://...", "memory://...": an fsspec URL rather than a local directory.
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote_url(value: str | Path | None) -> bool:
+    return isinstance(value, str) and bool(_URL.match(value)) and not value.startswith("file://")
 
 
 def default_data_dir() -> Path:
@@ -28,8 +38,23 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Unset: embedded mode (local dispatcher, a worker subprocess per job). redis://...: Celery.
     broker_url: str | None = None
-    # Unset: <data_dir>/artifacts. A shared volume in multi-machine deployments.
-    artifact_dir: Path | None = None
+    # Unset: <data_dir>/artifacts. A shared volume in multi-machine deployments, or an fsspec URL
+    # (s3://bucket/prefix; needs the matching fsspec backend, e.g. `pip install lambdahat[s3]`).
+    artifact_dir: Path | str | None = None
+    # Remote artifact stores only: keyword arguments for the fsspec filesystem as a JSON object, e.g.
+    # {"endpoint_url": "http://minio:9000"}; credentials are better left to the backend's own env vars.
+    # (Kept as text so that every process hands it on verbatim in LAMBDAHAT_* variables.)
+    artifact_storage_options: str = ""
+    # Remote artifact stores only: where uploads are staged and workers keep downloaded artifacts.
+    artifact_cache_dir: Path | None = None  # unset: <data_dir>/artifact-cache
+    artifact_cache_max_bytes: int = 20 * 1024**3  # least recently used artifacts are evicted beyond this
+
+    # Observability (docs/observability.md).
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
+    log_level: str = "INFO"
+    # Unset: /metrics is open (aggregate counts only, no owner data). Set: scrapers must send
+    # "Authorization: Bearer <metrics_token>".
+    metrics_token: str | None = None
 
     max_upload_bytes: int = 2 * 1024**3
     heartbeat_interval: float = 5.0  # seconds between a running job's heartbeats
@@ -45,7 +70,17 @@ class Settings(BaseSettings):
         self.data_dir = Path(self.data_dir).expanduser()
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
-        self.artifact_dir = Path(self.artifact_dir).expanduser()
+        if is_remote_url(self.artifact_dir):
+            self.artifact_dir = str(self.artifact_dir).rstrip("/")
+        else:
+            self.artifact_dir = Path(str(self.artifact_dir).removeprefix("file://")).expanduser()
+        if self.artifact_cache_dir is None:
+            self.artifact_cache_dir = self.data_dir / "artifact-cache"
+        self.artifact_cache_dir = Path(self.artifact_cache_dir).expanduser()
+        self.log_level = self.log_level.upper()
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {self.log_level!r}")
+        self.storage_options()  # a malformed JSON object fails at start, not at the first upload
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'lambdahat.db'}"
         return self
@@ -53,6 +88,23 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+    @property
+    def artifacts_remote(self) -> bool:
+        """Artifacts live behind an fsspec URL (e.g. S3), not in a local or mounted directory."""
+        return isinstance(self.artifact_dir, str)
+
+    def storage_options(self) -> dict[str, Any]:
+        """``artifact_storage_options`` parsed (a JSON object)."""
+        if not self.artifact_storage_options.strip():
+            return {}
+        try:
+            options = json.loads(self.artifact_storage_options)
+        except ValueError as exc:
+            raise ValueError(f"artifact_storage_options is not valid JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise ValueError("artifact_storage_options must be a JSON object, e.g. {\"endpoint_url\": \"http://minio:9000\"}")
+        return options
 
     @property
     def is_sqlite(self) -> bool:
