@@ -12,12 +12,15 @@ if TYPE_CHECKING:  # pragma: no cover
 CURVATURE_SAMPLES = 2048
 # Power-iteration steps per curvature check during warm-up (warm-started from the previous vector).
 WARMUP_POWER_ITERS = 8
-# First warm-up step at which the curvature at the chains is measured; then at 2x, 4x, ...
-FIRST_CURVATURE_CHECK = 8
 # Steps between divergence checks / progress reports (one host sync each).
 CHECK_EVERY = 32
-MAX_BURNIN_RESTARTS = 4
-RESTART_SHRINK = 10.0
+MAX_BURNIN_RESTARTS = 6
+RESTART_SHRINK = 2.0
+# During exploration the curvature at the chains is measured at steps 1, 2, 4, ..., then every this many.
+CURVATURE_CHECK_PERIOD = 256
+# Before the first step: probe the curvature this many exploration steps' diffusion away from w*.
+PROBE_STEPS = 16
+PROBE_ROUNDS = 8
 
 
 def nbeta(n: int) -> float:
@@ -39,12 +42,66 @@ def chunk_size(run: _Run) -> int:
     return max(1, min(run.C, (1 << 30) // max(1, bytes_per_chain)))
 
 
-def burnin_steps(run: _Run) -> int:
-    return 2000
+# ε·a_max/4 at the largest curvature met stays below this in sampling (quadratic instability at 1).
+STABILITY_MARGIN = 0.25
+# ... and below this in the exploration stage.
+EXPLORE_STABILITY = 0.5
+# Warm-up with the automatic step size (see _Run._burnin).
+EXPLORE_FACTOR = 10.0  # exploration step = 10 × the sampling ε (bias ~10 %, far from instability)
+EXPLORE_RELAXATIONS = 1.0  # exploration length in relaxation times 2/(ε_step γ) of the flattest direction
+MIN_EXPLORE = 500
+MAX_EXPLORE = 20_000
+EXPLORE_FRACTION = 0.7  # share of an explicit num_burnin_steps spent exploring
+SETTLE_FRACTION = 0.3  # settle stage length relative to exploration
+MIN_SETTLE = 300
+# Burn-in with a user-given ε: relaxation times of the flattest direction, within bounds.
+FIXED_EPS_RELAXATIONS = 1.0
+MIN_FIXED_BURNIN = 500
+MAX_FIXED_BURNIN = 20_000
+
+
+def explore_steps(step_epsilon: float, gamma: float) -> int:
+    relax = 2.0 / (step_epsilon * gamma)
+    return int(min(MAX_EXPLORE, max(MIN_EXPLORE, round(EXPLORE_RELAXATIONS * relax))))
+
+
+def settle_steps(explore: int) -> int:
+    return int(max(MIN_SETTLE, round(SETTLE_FRACTION * explore)))
+
+
+def fixed_epsilon_burnin(epsilon: float, gamma: float) -> int:
+    relax = 2.0 / (epsilon * gamma)
+    return int(min(MAX_FIXED_BURNIN, max(MIN_FIXED_BURNIN, round(FIXED_EPS_RELAXATIONS * relax))))
+
+
+# Draws with the automatic setting: enough for a relative standard error of PRECISION on λ̂,
+# predicted from the settle stage (which runs at the sampling ε), within bounds.
+PRECISION = 0.01
+MIN_DRAWS = 1000
+MAX_DRAWS = 20_000
+PROVISIONAL_DRAWS = 2000
+DRAWS_SAFETY = 2.0  # a short window underestimates the autocorrelation time
 
 
 def num_draws(run: _Run) -> int:
-    return 2000
+    from .diagnostics import bulk_ess
+
+    losses = run.settle_losses
+    healthy = [c for c in range(run.C) if c not in run.diverged]
+    if losses is None or losses.shape[0] < 50 or not healthy:
+        return PROVISIONAL_DRAWS
+    window = losses[:, healthy].T.cpu().numpy()  # chains × steps
+    window = window[:, window.shape[1] // 2 :]  # the settled half
+    llc = run.nbeta * (window - run.init_loss)
+    estimate = float(llc.mean())
+    ess = bulk_ess(llc)
+    if not (math.isfinite(ess) and ess > 0 and abs(estimate) > 0):
+        return PROVISIONAL_DRAWS
+    ess_per_step = ess / window.size  # per chain-step
+    needed_ess = float(llc.var()) / (PRECISION * abs(estimate)) ** 2
+    steps = DRAWS_SAFETY * needed_ess / (ess_per_step * len(healthy))
+    draws = steps / run.config.num_steps_bw_draws
+    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(draws))))
 
 
 def mala_every(sampling_steps: int, sampler: str) -> int | None:

@@ -203,17 +203,32 @@ class _Run:
         aux.manual_seed(int(self.seed_children[0].generate_state(1)[0]))
         self.aux_gen = aux
         self.curv_x, self.curv_y = self._curvature_batch()
-        self.h_star, self.curv_vec = self._top_curvature(self.flat.w_star.unsqueeze(0), None, iters=20)
-        self.h_star = float(self.h_star)
+        h_star, _ = self._top_curvature(self.flat.w_star.unsqueeze(0), None, iters=20)
+        self.h_star = float(h_star[0])
+        if not math.isfinite(self.h_star):
+            raise ValueError(
+                "the Hessian of the loss at the given weights is not finite; check the model and loss"
+            )
+        # Largest top curvature met anywhere (bounds ε for stability) and the chains' typical one
+        # (their mean top curvature: the quadratic bias is linear in it, so it sets ε for accuracy).
         self.h_seen = self.h_star
-        self.epsilon = float(cfg.epsilon) if cfg.epsilon is not None else self._epsilon_for(self.h_seen)
+        self.h_typ = self.h_star
+        self.h_typ_history: list[tuple[int, float]] = []
+        if cfg.epsilon is None:
+            self._probe_initial_curvature()
+        self.epsilon = (
+            float(cfg.epsilon) if cfg.epsilon is not None else self._epsilon_for(self.h_typ, self.h_seen)
+        )
+        self.step_epsilon = self.epsilon
+        self.curvature_checks = 0
         self.timings["curvature_s"] = time.perf_counter() - t0
 
         self._make_chunks()
-        self.num_burnin = (
-            cfg.num_burnin_steps if cfg.num_burnin_steps is not None else defaults.burnin_steps(self)
-        )
-        self.num_draws = cfg.num_draws if cfg.num_draws is not None else defaults.num_draws(self)
+        # With automatic burn-in the length is decided during warm-up; total_steps is updated then.
+        self.num_burnin = cfg.num_burnin_steps if cfg.num_burnin_steps is not None else 0
+        # With automatic draws the number is decided after warm-up (from the settle stage's
+        # autocorrelation); until then progress reports a provisional figure.
+        self.num_draws = cfg.num_draws if cfg.num_draws is not None else defaults.PROVISIONAL_DRAWS
         self.total_steps = self.num_burnin + self._sampling_steps()
         stopped = False
         self.sample_steps_done = 0
@@ -221,10 +236,14 @@ class _Run:
         self.mala_sum = torch.zeros(self.C, dtype=torch.float64, device=self.device)
         self.mala_count = torch.zeros(self.C, dtype=torch.float64, device=self.device)
         self.burnin_restarts = 0
+        self.explore_steps = 0
+        self.settle_steps = 0
         t_burnin = time.perf_counter()
         t_sampling = None
         try:
             self._burnin()
+            if cfg.num_draws is None:
+                self.num_draws = defaults.num_draws(self)
             t_sampling = time.perf_counter()
             self._sample()
         except _Stopped:
@@ -339,13 +358,25 @@ class _Run:
 
     def _build_sampler(self) -> None:
         module = KERNELS[self.config.sampler]
-        self.sampler = module.build(self.epsilon, self.gamma, self.nbeta, {"w": self.flat.w_star})
+        self.sampler = module.build(self.step_epsilon, self.gamma, self.nbeta, {"w": self.flat.w_star})
 
-    def _epsilon_for(self, h_max: float) -> float:
-        """The step size whose quadratic bias factor 1/(1 - εa/4) at curvature h_max is 1 + target_bias."""
-        a_max = self.nbeta * max(h_max, 0.0) + self.gamma
+    def _epsilon_for(self, h_typ: float, h_max: float | None = None) -> float:
+        """The sampling step size.
+
+        Accuracy: the quadratic bias factor 1/(1 - εa/4) at the chains' typical top curvature
+        a = nβ h_typ + γ equals 1 + target_bias. Stability: ε a_max / 4 stays below
+        STABILITY_MARGIN at the largest curvature any chain has met.
+        """
         t = self.config.target_bias
-        return 4.0 * (t / (1.0 + t)) / a_max
+        by_bias = 4.0 * (t / (1.0 + t)) / (self.nbeta * max(h_typ, 0.0) + self.gamma)
+        h_max = h_typ if h_max is None else h_max
+        by_stability = 4.0 * defaults.STABILITY_MARGIN / (self.nbeta * max(h_max, 0.0) + self.gamma)
+        return min(by_bias, by_stability)
+
+    def _explore_epsilon(self) -> float:
+        """The exploration step: EXPLORE_FACTOR × the sampling ε, kept clear of the stability limit."""
+        by_stability = 4.0 * defaults.EXPLORE_STABILITY / (self.nbeta * max(self.h_seen, 0.0) + self.gamma)
+        return min(defaults.EXPLORE_FACTOR * self._epsilon_for(self.h_typ, self.h_seen), by_stability)
 
     def _sampling_steps(self) -> int:
         return (self.num_draws - 1) * self.config.num_steps_bw_draws + 1 if self.num_draws > 0 else 0
@@ -366,30 +397,56 @@ class _Run:
             eig = (v * hv).sum(dim=1)
             norm = hv.norm(dim=1, keepdim=True)
             if not bool(torch.isfinite(norm).all()):
-                return float("inf"), v
+                return torch.full_like(eig, float("inf")), v
             v = torch.where(norm > 0, hv / norm.clamp_min(1e-30), v)
-        return float(eig.abs().max()), v
+        return eig.abs(), v
 
-    def _measure_chain_curvature(self) -> float:
-        """Top curvature over all chains at their current positions (warm-started power iteration)."""
+    def _probe_initial_curvature(self) -> None:
+        """Make the first exploration steps safe where w* itself is (nearly) flat.
+
+        At a singular point the Hessian at w* can vanish (a deep linear network at the origin), so
+        ε from w* alone would be huge and the first steps would throw the chains far out. Probe the
+        curvature at w* + (the displacement of the first exploration steps) and shrink ε until it
+        is consistent with the curvature found there.
+        """
+        # Fixed point h = curvature at the distance the exploration step for h travels; that
+        # distance shrinks as h grows, so iterate with geometric damping.
+        h = self.h_star
+        for _ in range(defaults.PROBE_ROUNDS):
+            self.h_seen = self.h_typ = h
+            radius = math.sqrt(self._explore_epsilon() * defaults.PROBE_STEPS)
+            z = torch.randn((1, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype)
+            w = self.flat.w_star.unsqueeze(0) + radius * z
+            found = float(self._top_curvature(w, None, iters=defaults.WARMUP_POWER_ITERS)[0][0])
+            if not math.isfinite(found):
+                break
+            if found <= max(h, self.h_star) * 1.5 and found >= h / 1.5:
+                h = max(h, found)
+                break
+            h = max(self.h_star, math.sqrt(max(h, 1e-30) * found) if h > 0 else found)
+        self.h_seen = self.h_typ = max(h, self.h_star)
+
+    def _measure_chain_curvature(self) -> tuple[float, float]:
+        """(max, mean) over chains of the top curvature at their positions (warm-started power iteration)."""
         rows = sum(chunk.w.shape[0] for chunk in self.chunks)
         if self.chain_curv_vec is None or self.chain_curv_vec.shape[0] != rows:
             # Start vectors for all chains in one draw, so chunking cannot change them.
             self.chain_curv_vec = torch.randn(
                 (rows, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype
             )
-        h = 0.0
+        values = []
         vecs = []
         offset = 0
         for chunk in self.chunks:
             k = chunk.w.shape[0]
             v0 = self.chain_curv_vec[offset : offset + k]
             hk, vk = self._top_curvature(chunk.w, v0, iters=defaults.WARMUP_POWER_ITERS)
-            h = max(h, hk)
+            values.append(hk)
             vecs.append(vk)
             offset += k
         self.chain_curv_vec = torch.cat(vecs)
-        return h
+        h = torch.cat(values).double()
+        return float(h.max()), float(h.mean())
 
     # ------------------------------------------------------------------ stepping
     def _fill_noise(self, chunk: _Chunk) -> None:
@@ -434,7 +491,7 @@ class _Run:
         self.sampler.update(chunk.state, {"w": grads}, {"w": chunk.noise})
         new_grads, new_losses = self.kernels.grad_and_loss(chunk.w, xb, yb, self.shared_batch)
         w_star = self.flat.w_star
-        eps = self.epsilon
+        eps = self.step_epsilon
 
         def energy(w, loss):
             return self.nbeta * loss.double() + 0.5 * self.gamma * (w - w_star).double().pow(2).sum(1)
@@ -462,65 +519,139 @@ class _Run:
 
     # ------------------------------------------------------------------ phases
     def _burnin(self) -> None:
+        """Warm-up. With the automatic ε it has two stages:
+
+        explore: ε_step = EXPLORE_FACTOR × ε (a 10× larger step, still far from the stability limit),
+            so the chains spread into the flat, localizer-bounded directions of a singular model in a
+            tenth of the steps; the curvature is re-measured at the chains on a doubling schedule
+            and ε only ever shrinks. Its length is a number of relaxation times 2/(ε_step γ) of
+            the flattest direction, within [MIN_EXPLORE, MAX_EXPLORE] (or 70 % of an explicit
+            ``num_burnin_steps``).
+        settle: ε_step = ε, the sampling step, so that the directions with curvature relax to the
+            sampling phase's distribution before any draw is recorded.
+        With a user-given ε the whole burn-in runs at that ε.
+        """
         self.phase = "burnin"
-        self.burnin_losses = torch.full(
-            (self.num_burnin, self.C), float("nan"), dtype=torch.float64, device=self.device
+        self.block_losses = torch.full(
+            (defaults.CHECK_EVERY, self.C), float("nan"), dtype=torch.float64, device=self.device
         )
         self.chain_curv_vec = None
+        self.settle_losses: torch.Tensor | None = None
         auto_eps = self.config.epsilon is None
-        next_check = defaults.FIRST_CURVATURE_CHECK if auto_eps else None
+        explicit = self.config.num_burnin_steps is not None
+        self.eps_safety = 1.0
+        self.explore_steps = 0
+        self.settle_steps = 0
+        exploring = auto_eps
+        self._set_step_epsilon(exploring)
+        next_check = 1 if auto_eps else None
         since_check = 0
-        t = 0
-        self.burnin_restarts = 0
-        while t < self.num_burnin:
-            self._step_all(self.burnin_losses[t])
+        t = 0  # steps of the current stage
+        while True:
+            if exploring:
+                target = self._explore_length(explicit)
+                if t >= target:
+                    exploring = False
+                    self.explore_steps = t
+                    self._adapt_epsilon(exploring=False)
+                    t = 0
+                    next_check = defaults.CURVATURE_CHECK_PERIOD
+                    continue
+            else:
+                if t >= self._settle_length(explicit):
+                    break
+                if self.settle_losses is None:
+                    self.settle_losses = torch.full(
+                        (self._settle_length(explicit), self.C),
+                        float("nan"),
+                        dtype=torch.float64,
+                        device=self.device,
+                    )
+            record = self.block_losses[since_check] if exploring else self.settle_losses[t]
+            self._step_all(record)
             t += 1
             since_check += 1
-            if since_check >= defaults.CHECK_EVERY or t == self.num_burnin:
-                block = self.burnin_losses[t - since_check : t]
-                bad = self._bad_chains(block, t - since_check)
+            if since_check >= defaults.CHECK_EVERY:
+                recorded = (
+                    self.block_losses[:since_check] if exploring else self.settle_losses[t - since_check : t]
+                )
+                bad = self._bad_chains(recorded, t - since_check)
                 since_check = 0
+                planned = (self._explore_length(explicit) if exploring else self.explore_steps) + (
+                    self._settle_length(explicit) if not exploring or explicit else 0
+                )
+                self.total_steps = max(self.steps_done, planned) + self._sampling_steps()
+                self.block_losses.fill_(float("nan"))
                 if bad:
                     if auto_eps and self.burnin_restarts < defaults.MAX_BURNIN_RESTARTS:
                         self._restart_burnin(sorted(bad))
+                        exploring = True
+                        self.settle_losses = None
                         t = 0
-                        next_check = defaults.FIRST_CURVATURE_CHECK
+                        next_check = 1
                         continue
                     self._mark_diverged(bad, phase="burnin")
                 self._report_progress()
-            if auto_eps and next_check is not None and t >= next_check:
-                self._adapt_epsilon()
-                next_check *= 2
-        if auto_eps and self.num_burnin > 0:
-            self._adapt_epsilon()
+            if next_check is not None and t >= next_check:
+                self._adapt_epsilon(exploring)
+                # Doubling at first (the chains spread fastest early), then periodically.
+                next_check = min(2 * next_check, next_check + defaults.CURVATURE_CHECK_PERIOD)
+        if since_check:
+            recorded = self.settle_losses[t - since_check : t]
+            bad = self._bad_chains(recorded, t - since_check)
+            if bad:
+                self._mark_diverged(bad, phase="burnin")
+        self.settle_steps = t
+        self.num_burnin = self.explore_steps + self.settle_steps
         if hasattr(self.sampler, "freeze"):
             for chunk in self.chunks:
                 self.sampler.freeze(chunk.state)
         self._report_progress(force=True)
 
-    def _adapt_epsilon(self) -> None:
-        h = self._measure_chain_curvature()
-        if not math.isfinite(h):
-            return
-        self.h_seen = max(self.h_seen, h)
-        new_eps = self._epsilon_for(self.h_seen)
-        if new_eps < self.epsilon:
-            self.epsilon = new_eps
-            self._rebuild_sampler_keep_state()
+    def _explore_length(self, explicit: bool) -> int:
+        if explicit:
+            return round(self.config.num_burnin_steps * defaults.EXPLORE_FRACTION)
+        return defaults.explore_steps(self.step_epsilon, self.gamma)
 
-    def _rebuild_sampler_keep_state(self) -> None:
+    def _settle_length(self, explicit: bool) -> int:
+        if explicit:
+            return self.config.num_burnin_steps - self.explore_steps
+        if self.config.epsilon is not None:
+            return defaults.fixed_epsilon_burnin(self.epsilon, self.gamma)
+        return defaults.settle_steps(self.explore_steps)
+
+    def _set_step_epsilon(self, exploring: bool) -> None:
+        if self.config.epsilon is None:
+            self.epsilon = self._epsilon_for(self.h_typ, self.h_seen) * self.eps_safety
+            self.step_epsilon = self._explore_epsilon() * self.eps_safety if exploring else self.epsilon
+        else:
+            self.step_epsilon = self.epsilon
         self._build_sampler()
+
+    def _adapt_epsilon(self, exploring: bool) -> None:
+        """Measure the curvature at the chains and re-derive ε (it only ever shrinks)."""
+        h_max, h_mean = self._measure_chain_curvature()
+        self.curvature_checks += 1
+        if not (math.isfinite(h_max) and math.isfinite(h_mean)):
+            return
+        self.h_seen = max(self.h_seen, h_max)
+        self.h_typ_history.append((self.steps_done, h_mean))
+        # The typical curvature of the chains once they have spread: the mean over the checks of
+        # the later half of warm-up so far (early checks see chains still bunched at w*).
+        recent = [h for step, h in self.h_typ_history if step >= self.steps_done / 2]
+        self.h_typ = max(self.h_typ, sum(recent) / len(recent))
+        self._set_step_epsilon(exploring)
 
     def _restart_burnin(self, bad: list[int]) -> None:
         """A chain blew up during warm-up: shrink ε, put every chain back at w*, start warm-up again."""
         self.burnin_restarts += 1
-        self.epsilon /= defaults.RESTART_SHRINK
+        self.eps_safety /= defaults.RESTART_SHRINK
+        self._set_step_epsilon(exploring=True)
         self._note(
             "burnin_restart",
-            f"chain(s) {bad} diverged during warm-up; restarted every chain at w* with ε reduced to {self.epsilon:.3g}",
+            f"chain(s) {bad} diverged during warm-up; restarted every chain at w* with the step size reduced to "
+            f"{self.step_epsilon:.3g} (sampling ε {self.epsilon:.3g})",
         )
-        self.burnin_losses.fill_(float("nan"))
-        self._build_sampler()
         for chunk in self.chunks:
             chunk.w.copy_(self.flat.w_star.expand_as(chunk.w))
             self._fill_noise(chunk)
@@ -592,9 +723,10 @@ class _Run:
                 "diverged",
                 (
                     f"chain {c} diverged during {phase} at step {step} (loss became non-finite or exploded): "
-                    f"the step size ε = {self.epsilon:.3g} is too large for the curvature the chain met "
+                    f"the step size ε = {self.step_epsilon:.3g} is too large for the curvature the chain met "
                     f"(top Hessian eigenvalue seen ≈ {self.h_seen:.3g}, so ε·(nβ·h + γ)/4 = "
-                    f"{self.epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g}); try epsilon ≤ {suggestion:.3g}"
+                    f"{self.step_epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g}); "
+                    f"try epsilon ≤ {suggestion:.3g}"
                 ),
                 chain=c,
             )
@@ -623,7 +755,7 @@ class _Run:
 
     def _suggested_epsilon(self) -> float:
         by_curvature = self._epsilon_for(self.h_seen)
-        return float(min(self.epsilon / 10.0, by_curvature))
+        return float(min(self.step_epsilon / 10.0, by_curvature))
 
     def _note(self, code: str, message: str, chain: int | None = None) -> None:
         self.notes.append({"code": code, "message": message, "chain": chain})

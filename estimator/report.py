@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import defaults
 from .diagnostics import bulk_ess, chain_ess, split_rhat
 from .result import LLCResult
 
@@ -97,7 +98,9 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         "plateau": plateau,
         "top_hessian_eigenvalue_at_w_star": run.h_star,
         "top_hessian_eigenvalue_seen": run.h_seen,
-        "bias_factor_bound": _bias_bound(run),
+        "top_hessian_eigenvalue_typical": run.h_typ,
+        "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma),
+        "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma),
         "burnin_restarts": run.burnin_restarts,
         "warnings": warnings,
     }
@@ -132,13 +135,18 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         gamma=run.gamma,
         num_params=run.P,
         init_loss_samples=run.init_loss_samples,
-        extras={"epsilon_auto": cfg.epsilon is None},
+        extras={
+            "epsilon_auto": cfg.epsilon is None,
+            "explore_steps": run.explore_steps,
+            "settle_steps": run.settle_steps,
+            "explore_epsilon": run.epsilon * defaults.EXPLORE_FACTOR if cfg.epsilon is None else None,
+        },
     )
 
 
-def _bias_bound(run: _Run) -> float:
-    """Quadratic discretisation bias factor 1/(1 - εa/4) at the largest curvature seen."""
-    x = run.epsilon * (run.nbeta * run.h_seen + run.gamma) / 4
+def _bias_factor(epsilon: float, a: float) -> float:
+    """Quadratic discretisation bias factor 1/(1 - εa/4) at curvature a = nβ h + γ."""
+    x = epsilon * a / 4
     return 1.0 / (1.0 - x) if x < 1 else float("inf")
 
 
