@@ -16,6 +16,8 @@ from api.checkpoints.endpoints import router as checkpoints_router
 from api.datasets.endpoints import router as datasets_router
 from api.db import session_factory
 from api.jobs.endpoints import router as jobs_router
+from api.metrics import install_metrics
+from api.observability.status import router as status_router
 from api.settings import Settings, get_settings
 
 
@@ -33,6 +35,10 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = None
+        if settings.log_format == "json":
+            from api.observability.logs import route_library_loggers_to_root
+
+            route_library_loggers_to_root()  # uvicorn configured its own handlers before this app started
         if settings.is_sqlite:
             from api.migrate import upgrade
 
@@ -46,6 +52,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
             from worker.reaper import start_reaper
 
             dispatcher = start_reaper(settings)
+        app.state.dispatcher = dispatcher  # /v1/status reports the embedded dispatcher
         try:
             yield
         finally:
@@ -64,4 +71,6 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.include_router(datasets_router)
     app.include_router(checkpoints_router)
     app.include_router(jobs_router)
+    app.include_router(status_router)
+    install_metrics(app, settings)  # /metrics and per-request counters
     return app
