@@ -9,6 +9,7 @@ explicitly (``lambdahat keys create``): the local key alone must not open the se
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import sys
 from pathlib import Path
@@ -106,14 +107,26 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, settings: Settings | N
     import uvicorn
 
     from api.main import create_app
+    from api.observability.logs import configure_logging
 
     settings = settings or get_settings()
+    configure_logging(settings)
+    json_logs = settings.log_format == "json"
     try:
         prepare(settings, host)
     except ServerConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if json_logs:
+            logging.getLogger("lambdahat.server").error("%s", exc)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     mode = "embedded (local job dispatcher)" if settings.embedded else f"distributed (broker {settings.broker_url})"
-    print(f"lambdahat API on http://{host}:{port} ({mode}); data dir {settings.data_dir}; "
-          f"local API key in {local_key_path(settings)}", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    banner = (f"lambdahat API on http://{host}:{port} ({mode}); data dir {settings.data_dir}; "
+              f"local API key in {local_key_path(settings)}")
+    if json_logs:
+        logging.getLogger("lambdahat.server").info("%s", banner)
+    else:
+        print(banner, flush=True)
+    # JSON logs: uvicorn's records go through the root handler (log_config=None keeps uvicorn's own off).
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG)

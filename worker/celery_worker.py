@@ -8,7 +8,6 @@ the reaper thread. ``--name`` is recorded as the ``worker`` of every job this wo
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -56,13 +55,23 @@ def run_worker(name: str | None = None, queues: str = DEFAULT_QUEUE, device: str
     os.environ["LAMBDAHAT_WORKER_NAME"] = name
     if device:
         os.environ["LAMBDAHAT_WORKER_DEVICE"] = device
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from api.observability.logs import configure_celery_logging
+    from api.observability.workers import start_registry
+
+    configure_celery_logging(settings, worker=name)  # LAMBDAHAT_LOG_FORMAT; pool processes inherit it
 
     from worker.reaper import start_reaper
 
     app = make_celery(settings)
     reaper = start_reaper(settings)
+    # Liveness for /metrics and `lambdahat status`, busy or idle (docs/observability.md).
+    registry = start_registry(settings.broker_url, name, queues=queues.split(","), device=device,
+                              interval=settings.heartbeat_interval)
+    argv = worker_argv(name, queues, loglevel=settings.log_level)
+    if settings.log_format == "json":
+        argv.insert(0, "--quiet")  # (a global celery option) no ASCII-art banner among the JSON lines
     try:
-        app.worker_main(argv=worker_argv(name, queues))
+        app.worker_main(argv=argv)
     finally:
+        registry.stop()
         reaper.stop()

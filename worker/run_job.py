@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from api.observability.logs import configure_logging, is_json_logging
 from worker.runner import run_job
 
 
@@ -21,10 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="device for configs that ask for 'auto'")
     parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(worker=args.worker)  # LAMBDAHAT_LOG_FORMAT: text or one JSON object per line
     outcome = run_job(args.job_id, worker_name=args.worker, device=args.device,
                       exit_with_parent=args.exit_with_parent)
-    print(f"job {outcome.job_id}: {outcome.status} {outcome.detail}".rstrip(), flush=True)
+    summary = f"job {outcome.job_id}: {outcome.status} {outcome.detail}".rstrip()
+    if is_json_logging():
+        logging.getLogger("lambdahat.run_job").info("%s", summary, extra={"job_id": outcome.job_id})
+    else:
+        print(summary, flush=True)
     return 0
 
 

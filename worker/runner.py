@@ -30,6 +30,7 @@ from api.db import session_scope
 from api.jobs import lifecycle
 from api.jobs.lifecycle import CANCELLED, FAILED
 from api.models import Checkpoint, Dataset, Job
+from api.observability.logs import bind_context, job_logging
 from api.settings import Settings, get_settings
 
 log = logging.getLogger("lambdahat.runner")
@@ -84,6 +85,7 @@ class JobMonitor(threading.Thread):
         self.join(timeout=10)
 
     def run(self) -> None:
+        bind_context(job_id=self.job_id)  # this thread's log records carry the job id too
         while not self._finished.wait(self.interval):
             self._beat()
             if self.parent_pid is not None and os.getppid() != self.parent_pid and self.stop_reason is None:
@@ -127,6 +129,7 @@ def time_limit_message(limit: float, draws_done: int) -> str:
             "draws/chains or raise LAMBDAHAT_JOB_TIME_LIMIT")
 
 
+@job_logging  # every record logged while the job runs carries job_id and worker
 def run_job(
     job_id: str,
     *,
@@ -159,6 +162,7 @@ def run_job(
         message = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
         # Users see the error; where artifacts live on the workers is not theirs to see.
         message = message.replace(str(settings.artifact_dir), "<artifacts>")
+        message = message.replace(str(settings.artifact_cache_dir), "<artifacts>")
         log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
         return _finish_unsuccessfully(settings, job_id, attempt, FAILED, message)
     monitor.finish()
@@ -204,12 +208,17 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
         lifecycle.set_resolved_config(session, job_id, attempt, _config_dict(llc_config))
 
     store = ArtifactStore(settings)
-    checkpoint_path, dataset_path = store.path(checkpoint.storage_key), store.path(dataset.storage_key)
-    for kind, path in (("checkpoint", checkpoint_path), ("dataset", dataset_path)):
-        if not path.exists():
+    local_paths = {}
+    for kind, storage_key in (("checkpoint", checkpoint.storage_key), ("dataset", dataset.storage_key)):
+        try:
+            local_paths[kind] = store.fetch(storage_key)  # remote stores: downloaded to this worker's cache
+        except FileNotFoundError:
             raise StepError(f"loading the {kind}", FileNotFoundError(
                 f"the stored {kind} file is missing on this worker; every worker must see the API's "
-                "artifacts (LAMBDAHAT_ARTIFACT_DIR on a shared volume)"))
+                "artifacts (LAMBDAHAT_ARTIFACT_DIR on a shared volume or an object store URL)")) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the object store is unreachable
+            raise StepError(f"fetching the {kind}", exc) from exc
+    checkpoint_path, dataset_path = local_paths["checkpoint"], local_paths["dataset"]
     try:
         model = load_model(checkpoint_path, checkpoint.format, checkpoint.architecture)
     except Exception as exc:  # noqa: BLE001

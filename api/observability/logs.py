@@ -20,10 +20,12 @@ left alone.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +56,21 @@ def log_context(**fields: str | None) -> Iterator[None]:
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+def job_logging(run_job: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates ``run_job(job_id, *, worker_name=None, ...)``: binds ``job_id`` and ``worker`` for the run.
+
+    Resolves the worker name as the runner does (argument, ``LAMBDAHAT_WORKER_NAME``, ``worker-<pid>``)
+    and passes it on, so the name in the log records is the one recorded on the job."""
+
+    @functools.wraps(run_job)
+    def wrapper(job_id: str, *args: Any, worker_name: str | None = None, **kwargs: Any) -> Any:
+        worker = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
+        with log_context(job_id=job_id, worker=worker):
+            return run_job(job_id, *args, worker_name=worker, **kwargs)
+
+    return wrapper
 
 
 def bind_context(**fields: str | None) -> None:
@@ -176,6 +193,22 @@ def configure_logging(settings: Any = None, *, log_format: str | None = None, le
     if worker is not None:
         set_process_context(worker=worker)
     return handler
+
+
+def configure_celery_logging(settings: Any, *, worker: str) -> logging.Handler:
+    """``configure_logging`` for a Celery worker, and keep Celery from installing its own handlers.
+
+    A receiver on Celery's ``setup_logging`` signal tells Celery that logging is configured; the
+    prefork pool processes inherit the handler and the worker name."""
+    from celery.signals import setup_logging
+
+    handler = configure_logging(settings, worker=worker)
+    setup_logging.connect(_logging_already_configured, weak=False)
+    return handler
+
+
+def _logging_already_configured(**_: Any) -> None:
+    return None
 
 
 def route_library_loggers_to_root() -> None:
