@@ -77,6 +77,27 @@ def keys_create(
     create_key_cli(name=name, owner=owner, scopes=scope or [])
 
 
+@keys_app.command("ensure")
+def keys_ensure(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    key_file: Annotated[Path, typer.Option(help="File holding the key (e.g. a container secret).")],
+    owner: Annotated[str | None, typer.Option(help="Owner the key acts for (default: NAME).")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="Extra scope: admin, run-code. Repeatable.")] = None,
+) -> None:
+    """Register the key in KEY_FILE (its hash) unless it already is; for deployments (docs/deploy.md)."""
+    from api.bootstrap import KeyBootstrapError, ensure_key, read_key_file
+    from api.settings import get_settings
+
+    try:
+        row, created = ensure_key(get_settings(), name=name, owner=owner, scopes=scope or [],
+                                  plaintext=read_key_file(key_file))
+    except KeyBootstrapError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    state = "registered" if created else "already registered"
+    typer.echo(f"key {row.id} (prefix {row.prefix}) {state} for owner {row.owner!r}, scopes: {', '.join(row.scopes) or 'none'}")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (prefix, owner, scopes, state); never the keys themselves."""
@@ -431,13 +452,22 @@ def batch(
 @app.command("status")
 @_user_command
 def status(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="Job or batch id.", show_default=False)],
+    ident: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="Job or batch id; omit for the cluster summary.", show_default=False)
+    ] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    ping: Annotated[bool, typer.Option("--ping", help="Cluster summary: also ping every Celery worker.")] = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Show a job's (or batch's) state, progress and result. Exit code 0 whatever the job's state."""
+    """Show a job's (or batch's) state, progress and result; without ID, summarise the cluster (workers
+    alive, queue depth, jobs by status, running jobs). Exit code 0 whatever the jobs' states."""
     with _connect(url, api_key) as cl:
+        if ident is None:
+            from client.cluster_status import fetch_cluster_status, print_cluster_status
+
+            print_cluster_status(fetch_cluster_status(cl, ping=ping), output_format.value)
+            return
         _print_state(cl.get(ident), output_format)
 
 

@@ -1,0 +1,87 @@
+"""``lambdahat status`` without an id: the cluster summary from ``GET /v1/status``.
+
+It asks the API (like every user command: ``--url`` / ``LAMBDAHAT_URL``, the key from ``--api-key``,
+``LAMBDAHAT_API_KEY`` or the local key file), not the database: the same command works from any
+machine that can reach the server, and needs no database credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from client._http import Call, json_body
+
+
+def _op_cluster_status(ping: bool) -> Any:
+    response = yield Call("GET", "/v1/status", params={"ping": "true"} if ping else None)
+    return json_body(response)
+
+
+def fetch_cluster_status(client: Any, *, ping: bool = False) -> dict[str, Any]:
+    return client._drive(_op_cluster_status(ping))
+
+
+def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
+    from client._output import print_csv, print_json, print_key_values, print_table, stdout
+
+    if output_format == "json":
+        print_json(status)
+        return
+    jobs = status.get("jobs") or {}
+    queue = status.get("queue") or {}
+    workers = (status.get("workers") or {}).get("items") or []
+    alive = (status.get("workers") or {}).get("alive", 0)
+    if output_format == "csv":  # one row: the numbers a script would watch
+        row = {"mode": status.get("mode"), "workers_alive": alive, "queue_depth": queue.get("depth"),
+               "oldest_wait_s": queue.get("oldest_wait_s"), "stale_running": status.get("stale_running"),
+               **{f"jobs_{name}": count for name, count in jobs.items()}}
+        print_csv(list(row), [row])
+        return
+
+    pairs: list[tuple[str, Any]] = [("mode", status.get("mode"))]
+    embedded = status.get("embedded")
+    if embedded:
+        pairs.append(("dispatcher", f"{'running' if embedded.get('dispatcher_running') else 'not running'} in the API "
+                                    f"process, up to {embedded.get('max_concurrent_jobs')} job(s) at a time"))
+    broker = status.get("broker")
+    if broker:
+        pairs.append(("broker", f"{broker.get('url')} (worker registry: {broker.get('registry')})"))
+    pairs += [
+        ("workers alive", f"{alive} of {len(workers)} seen (heartbeat within {status['workers']['heartbeat_timeout_s']:g} s)"),
+        ("queue depth", f"{queue.get('depth', 0)}" + (f" (oldest waiting {queue['oldest_wait_s']:.0f} s)"
+                                                      if queue.get("depth") else "")),
+        ("jobs", ", ".join(f"{name} {count}" for name, count in jobs.items())),
+    ]
+    if status.get("stale_running"):
+        pairs.append(("stale", f"{status['stale_running']} running job(s) without a recent heartbeat (reaper pending)"))
+    print_key_values(pairs, title=f"lambdahat cluster at {status.get('time')}")
+
+    if workers:
+        ping = (broker or {}).get("ping")
+        rows = []
+        for w in workers:
+            answered = None
+            if isinstance(ping, dict):
+                answered = "yes" if any(host.split("@", 1)[0] == w["name"] or host == w["name"] for host in ping) else "no"
+            rows.append([w["name"], w["state"], f"{w['heartbeat_age_s']:.0f} s ago", w.get("host") or "-",
+                         ",".join(w.get("queues") or []) or "-", w.get("device") or "-",
+                         *([answered] if isinstance(ping, dict) else [])])
+        columns = ["worker", "state", "last heartbeat", "host", "queues", "device"]
+        stdout.print()
+        print_table(columns + (["ping"] if isinstance(ping, dict) else []), rows, title="workers")
+        if isinstance(ping, str):
+            stdout.print(ping, highlight=False)
+
+    running = status.get("running") or []
+    stdout.print()
+    if not running:
+        scope = "" if status.get("running_scope") == "all" else " of yours"
+        stdout.print(f"no running jobs{scope}", highlight=False)
+        return
+    rows = [[r["id"], *([r.get("owner")] if status.get("running_scope") == "all" else []), r.get("worker"),
+             f"{100 * (r.get('progress') or 0):.0f}%", r.get("draws_done"), r.get("attempts"),
+             f"{r['heartbeat_age_s']:.0f} s ago" if r.get("heartbeat_age_s") is not None else "-"]
+            for r in running]
+    columns = ["job", *(["owner"] if status.get("running_scope") == "all" else []), "worker", "progress", "draws",
+               "attempt", "heartbeat"]
+    print_table(columns, rows, title="running jobs" + ("" if status.get("running_scope") == "all" else " (yours)"))
