@@ -1,13 +1,15 @@
 """Worker liveness: a small registry in the broker, plus the heartbeats jobs leave in the database.
 
 Every ``lambdahat worker`` (the Celery parent process) writes its entry to the Redis hash
-``lambdahat:workers`` every ``LAMBDAHAT_HEARTBEAT_INTERVAL`` seconds, busy or idle: name, host, pid,
+``lambdahat:workers:<queue>`` every ``LAMBDAHAT_HEARTBEAT_INTERVAL`` seconds, busy or idle: name, host, pid,
 queues, device, when it started and when it last beat. A clean shutdown marks the entry stopped.
 Every API process reads the same hash, so ``/metrics`` and ``/v1/status`` answer the same whichever
 process is asked. Busy workers are also visible without the registry, through the ``heartbeat_at``
 of the jobs they run (the database is the record; the registry only adds idle workers and host
 details). Entries not refreshed for ``REGISTRY_RETENTION_S`` are pruned, so renamed or retired
-workers disappear after a week.
+workers disappear after a week. ``<queue>`` is the shared queue the API sends jobs to
+(``LAMBDAHAT_QUEUE``, default ``lambdahat``; a worker uses the first queue it consumes), so two
+deployments sharing one Redis database keep separate registries.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from api.models import Job
 
 log = logging.getLogger("lambdahat.workers")
 
-REGISTRY_KEY = "lambdahat:workers"
+REGISTRY_KEY_PREFIX = "lambdahat:workers:"
 REGISTRY_RETENTION_S = 7 * 24 * 3600.0
 # Workers whose last sign of life is older than this are left out of metrics and status (bounded
 # label cardinality when workers get a new default name, host-pid, at every restart).
@@ -53,6 +55,15 @@ class WorkerSeen:
         return self.stopped_at is None and now - self.last_heartbeat <= timeout
 
 
+def registry_key(queue: str | None = None) -> str:
+    """The registry hash of the deployment whose shared queue is ``queue`` (default: this process's)."""
+    if queue is None:
+        from worker.celery_app import queue_name
+
+        queue = queue_name()
+    return REGISTRY_KEY_PREFIX + queue
+
+
 def redis_client(broker_url: str, timeout: float = 2.0) -> Any:
     import redis
 
@@ -63,9 +74,10 @@ class WorkerRegistryThread(threading.Thread):
     """Writes this worker's registry entry every ``interval`` seconds until ``stop()``."""
 
     def __init__(self, broker_url: str, name: str, *, queues: Sequence[str], device: str | None,
-                 interval: float) -> None:
+                 interval: float, key: str | None = None) -> None:
         super().__init__(name="lambdahat-worker-registry", daemon=True)
         self.broker_url = broker_url
+        self.key = key or registry_key()
         self.entry: dict[str, Any] = {
             "name": name, "host": socket.gethostname(), "pid": os.getpid(), "queues": list(queues),
             "device": device, "started_at": time.time(),
@@ -80,7 +92,7 @@ class WorkerRegistryThread(threading.Thread):
             entry["stopped_at"] = entry["last_heartbeat"]
         if self._client is None:
             self._client = redis_client(self.broker_url)
-        self._client.hset(REGISTRY_KEY, self.entry["name"], json.dumps(entry))
+        self._client.hset(self.key, self.entry["name"], json.dumps(entry))
 
     def run(self) -> None:
         failing = False
@@ -106,17 +118,19 @@ class WorkerRegistryThread(threading.Thread):
 
 
 def start_registry(broker_url: str, name: str, *, queues: Sequence[str], device: str | None,
-                   interval: float) -> WorkerRegistryThread:
-    thread = WorkerRegistryThread(broker_url, name, queues=queues, device=device, interval=interval)
+                   interval: float, key: str | None = None) -> WorkerRegistryThread:
+    thread = WorkerRegistryThread(broker_url, name, queues=queues, device=device, interval=interval, key=key)
     thread.start()
     return thread
 
 
-def read_registry(broker_url: str, *, now: float | None = None, timeout: float = 2.0) -> list[WorkerSeen]:
+def read_registry(broker_url: str, *, now: float | None = None, timeout: float = 2.0,
+                  key: str | None = None) -> list[WorkerSeen]:
     """Entries of the broker's worker registry (raises if the broker cannot be read)."""
     now = time.time() if now is None else now
+    key = key or registry_key()
     client = redis_client(broker_url, timeout)
-    raw = client.hgetall(REGISTRY_KEY)
+    raw = client.hgetall(key)
     seen, expired = [], []
     for field, value in raw.items():
         try:
@@ -134,7 +148,7 @@ def read_registry(broker_url: str, *, now: float | None = None, timeout: float =
             started_at=entry.get("started_at"), stopped_at=entry.get("stopped_at"),
         ))
     if expired:
-        client.hdel(REGISTRY_KEY, *expired)
+        client.hdel(key, *expired)
     return seen
 
 
