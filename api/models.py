@@ -104,12 +104,38 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Batch(Base):
+    """One request to score many checkpoints: a job per checkpoint (``Job.batch_id``).
+
+    Its status, counts and progress are derived from its jobs; the row keeps what was asked.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),
+        Index("ix_batches_owner_created_at", "owner", "created_at"),
+        Index("ix_batches_owner_collection", "owner", "collection"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    collection: Mapped[str | None] = mapped_column(String(300), default=None)  # None: given by checkpoint ids
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    loss: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]] = mapped_column()  # as requested
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    num_jobs: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_status_queued_at", "status", "queued_at"),
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        Index("ix_jobs_owner_fingerprint", "owner", "fingerprint"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -120,6 +146,13 @@ class Job(Base):
     config: Mapped[dict[str, Any]] = mapped_column()  # as requested (LLCConfig fields)
     resolved_config: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # as run
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), default=None,
+                                                 index=True)
+    # sha256 of (checkpoint sha256, dataset sha256, loss, config with constant defaults filled in):
+    # identical work has the same fingerprint (api.jobs.dedupe).
+    fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    # A job answered from an earlier succeeded job of the same owner: its id (traces are read from it).
+    reused_from: Mapped[str | None] = mapped_column(String(32), default=None)
 
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
