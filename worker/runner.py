@@ -21,10 +21,12 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from sqlalchemy.exc import OperationalError
 
 from api.db import session_scope
 from api.jobs import lifecycle
@@ -37,6 +39,28 @@ log = logging.getLogger("lambdahat.runner")
 
 TRACE_CHUNK_DRAWS = 1024  # draws per stored trace chunk (4 KiB of float32)
 HARD_STOP_GRACE_S = 30.0  # after the time limit, how long a cooperative stop may take before the process exits
+DB_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # a dropped connection or a database restart (~16 s in all)
+
+T = TypeVar("T")
+
+
+def in_transaction(settings: Settings, what: str, work: Callable[[Any], T]) -> T:
+    """``work(session)`` in one transaction, retried in a fresh one if the database connection fails.
+
+    Safe to repeat: a failed transaction was rolled back, and every write of the runner is
+    conditional on (status, attempt). A job's result must not be lost to a connection dropped
+    after hours of sampling.
+    """
+    for delay in (*DB_RETRY_DELAYS_S, None):
+        try:
+            with session_scope(settings) as session:
+                return work(session)
+        except OperationalError as exc:
+            if delay is None:
+                raise
+            log.warning("%s: database error (%s); retrying in %.1f s", what, str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -169,8 +193,10 @@ def run_job(
 
     if getattr(result, "stopped", False) or monitor.stop_reason is not None:
         return _finish_stopped(settings, job_id, attempt, monitor)
-    with session_scope(settings) as session:
-        written = lifecycle.finish_succeeded(session, job_id, attempt, **result_rows(result))
+    rows = result_rows(result)
+    written = in_transaction(settings, f"job {job_id}: storing the result",
+                             lambda session: lifecycle.finish_succeeded(session, job_id, attempt, **rows)
+                             or _already_finished(session, job_id, attempt, lifecycle.SUCCEEDED))
     if not written:
         log.warning("job %s: attempt %d finished but the job was re-assigned meanwhile; result dropped",
                     job_id, attempt)
@@ -204,8 +230,9 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
         llc_config = LLCConfig.from_dict(config) if hasattr(LLCConfig, "from_dict") else LLCConfig(**config)
     except (TypeError, ValueError) as exc:
         raise StepError("checking the config", exc) from exc
-    with session_scope(settings) as session:
-        lifecycle.set_resolved_config(session, job_id, attempt, _config_dict(llc_config))
+    resolved = _config_dict(llc_config)
+    in_transaction(settings, f"job {job_id}: storing the resolved config",
+                   lambda session: lifecycle.set_resolved_config(session, job_id, attempt, resolved))
 
     store = ArtifactStore(settings)
     local_paths = {}
@@ -249,9 +276,17 @@ def _finish_stopped(settings: Settings, job_id: str, attempt: int, monitor: JobM
 
 
 def _finish_unsuccessfully(settings: Settings, job_id: str, attempt: int, status: str, error: str) -> JobOutcome:
-    with session_scope(settings) as session:
-        written = lifecycle.finish_unsuccessfully(session, job_id, attempt, status=status, error=error)
+    written = in_transaction(settings, f"job {job_id}: recording {status}",
+                             lambda session: lifecycle.finish_unsuccessfully(session, job_id, attempt,
+                                                                            status=status, error=error)
+                             or _already_finished(session, job_id, attempt, status))
     return JobOutcome(job_id, status if written else "lost", error)
+
+
+def _already_finished(session: Any, job_id: str, attempt: int, status: str) -> bool:
+    """True if this attempt's final write already committed (a retry after the commit's reply was lost)."""
+    job = session.get(Job, job_id)
+    return job is not None and job.status == status and job.attempts == attempt
 
 
 # -- turning an LLCResult into rows ---------------------------------------------------------------
