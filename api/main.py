@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from api import health
+from api.batches.endpoints import router as batches_router
+from api.batches.plots import router as plots_router
 from api.checkpoints.endpoints import router as checkpoints_router
 from api.datasets.endpoints import router as datasets_router
 from api.db import session_factory
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.include_router(datasets_router)
     app.include_router(checkpoints_router)
     app.include_router(jobs_router)
+    app.include_router(batches_router)
+    app.include_router(plots_router)
     app.include_router(status_router)
     install_metrics(app, settings)  # /metrics and per-request counters
     return app

@@ -99,6 +99,8 @@ class JobCreate(BaseModel):
     loss: Literal["cross_entropy", "mse", "nll", "bce_with_logits"] = Field(
         description="Per-sample loss (negative log-likelihood) the LLC is measured for.")
     config: LLCConfigIn = Field(default_factory=LLCConfigIn)
+    force: bool = Field(False, description="Run even if the same work (same checkpoint and dataset contents, "
+                                           "loss and config) already succeeded; by default its result is reused.")
 
     def config_dict(self) -> dict[str, Any]:
         """Only the fields the caller set (explicit nulls dropped): what is stored as ``config``."""
@@ -165,6 +167,9 @@ class JobPublic(BaseModel):
     config: dict[str, Any] = Field(description="The config as submitted.")
     resolved_config: dict[str, Any] | None = Field(description="The full config the worker ran (defaults resolved).")
     idempotency_key: str | None
+    batch_id: str | None = Field(None, description="The batch this job belongs to, if any.")
+    reused_from: str | None = Field(
+        None, description="Set when this job's result (and traces) were reused from an identical earlier job.")
     progress: float = Field(ge=0, le=1)
     draws_done: int
     attempts: int
@@ -206,6 +211,8 @@ class JobPublic(BaseModel):
             config=job.config or {},
             resolved_config=job.resolved_config,
             idempotency_key=job.idempotency_key,
+            batch_id=getattr(job, "batch_id", None),
+            reused_from=getattr(job, "reused_from", None),
             progress=min(1.0, max(0.0, float(job.progress or 0.0))),
             draws_done=int(job.draws_done or 0),
             attempts=int(job.attempts or 0),

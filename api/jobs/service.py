@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Principal
-from api.jobs import queue
+from api.jobs import dedupe, queue
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import JobCreate, check_config_against
-from api.models import Job, JobStatus
+from api.models import Checkpoint, Dataset, Job, JobStatus
 from api.pagination import decode_cursor, page
 from api.settings import Settings
 from api.types import is_valid_id
@@ -71,23 +71,11 @@ class JobService:
         dataset = self.repo.get_dataset(body.dataset_id) if is_valid_id(body.dataset_id) else None
         if dataset is None:
             raise not_found("dataset", body.dataset_id)
-        if checkpoint.format == "pt2" and not self.principal.can("run-code"):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"checkpoint '{checkpoint.id}' is a .pt2 archive, which runs code when loaded: "
-                       "running it needs a key with the 'run-code' scope")
-        problem = check_config_against(config, n=dataset.n, max_draws=self.settings.max_draws)
-        if problem is not None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
-        cap = self.settings.max_queued_jobs_per_owner
-        if self.repo.count_unfinished() >= cap:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                detail=f"you already have {cap} unfinished (queued or running) jobs, the limit per owner; "
-                       "wait for some to finish or cancel some")
+        self.check_can_run([checkpoint])
+        self.check_config(config, dataset)
+        self.check_capacity(1)
 
-        job = Job(checkpoint_id=checkpoint.id, dataset_id=dataset.id, loss=body.loss, config=config,
-                  idempotency_key=idempotency_key)
+        job = self.new_job(checkpoint, dataset, body.loss, config, force=body.force, idempotency_key=idempotency_key)
         try:
             self.repo.add(job)
             self.session.commit()
@@ -98,8 +86,48 @@ class JobService:
             if existing is None:
                 raise
             return self._replay(existing, body, config, idempotency_key), False
-        queue.enqueue(self.settings, job.id)
+        if job.status == JobStatus.queued.value:
+            queue.enqueue(self.settings, job.id)
         return job, True
+
+    # -- shared with batches -------------------------------------------------------------------------
+
+    def check_can_run(self, checkpoints: list[Checkpoint]) -> None:
+        for checkpoint in checkpoints:
+            if checkpoint.format == "pt2" and not self.principal.can("run-code"):
+                raise HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    detail=f"checkpoint '{checkpoint.id}' is a .pt2 archive, which runs code when loaded: "
+                           "running it needs a key with the 'run-code' scope")
+
+    def check_config(self, config: dict, dataset: Dataset) -> None:
+        problem = check_config_against(config, n=dataset.n, max_draws=self.settings.max_draws)
+        if problem is not None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
+
+    def check_capacity(self, new_jobs: int) -> None:
+        cap = self.settings.max_queued_jobs_per_owner
+        unfinished = self.repo.count_unfinished()
+        if unfinished + new_jobs > cap:
+            if new_jobs == 1:
+                detail = (f"you already have {cap} unfinished (queued or running) jobs, the limit per owner; "
+                          "wait for some to finish or cancel some")
+            else:
+                detail = (f"{new_jobs} new jobs on top of your {unfinished} unfinished (queued or running) ones "
+                          f"would exceed the limit of {cap} per owner; wait for some to finish or cancel some")
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=detail)
+
+    def new_job(self, checkpoint: Checkpoint, dataset: Dataset, loss: str, config: dict, *, force: bool,
+                idempotency_key: str | None = None, batch_id: str | None = None) -> Job:
+        """A queued job, or (unless ``force``) an already-succeeded one reusing identical earlier work."""
+        fields = dict(checkpoint_id=checkpoint.id, dataset_id=dataset.id, loss=loss, config=config,
+                      idempotency_key=idempotency_key, batch_id=batch_id,
+                      fingerprint=dedupe.fingerprint(checkpoint, dataset, loss, config))
+        if not force:
+            source = dedupe.find_reusable(self.session, self.principal.owner, fields["fingerprint"])
+            if source is not None:
+                return dedupe.reused_job(source, **fields)
+        return Job(**fields)
 
     @staticmethod
     def _check_idempotency_key(key: str) -> str:
@@ -112,7 +140,7 @@ class JobService:
 
     @staticmethod
     def _replay(existing: Job, body: JobCreate, config: dict, key: str) -> Job:
-        same = (existing.checkpoint_id == body.checkpoint_id and existing.dataset_id == body.dataset_id
+        same = (existing.batch_id is None and existing.checkpoint_id == body.checkpoint_id and existing.dataset_id == body.dataset_id
                 and existing.loss == body.loss and (existing.config or {}) == config)
         if not same:
             raise HTTPException(
@@ -162,7 +190,7 @@ class JobService:
             else:
                 why = f"{job.status}; it recorded no traces"
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' {why}")
-        chunks = self.repo.trace_chunks(job_id)
+        chunks = self.repo.trace_chunks(job.reused_from or job_id)  # a reused result keeps its source's traces
         if not chunks:
             raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' has no stored traces")
         series: dict[str, dict[int, list[np.ndarray]]] = {"loss": {}, "llc": {}}

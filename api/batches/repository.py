@@ -1,0 +1,96 @@
+"""Every query the batch endpoints run, each one filtered by the caller's owner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from api.models import Batch, Checkpoint, Job, JobStatus, utcnow
+from api.pagination import paginate
+
+FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
+
+
+class BatchRepository:
+    def __init__(self, session: Session, owner: str) -> None:
+        self.session = session
+        self.owner = owner
+
+    def get(self, batch_id: str) -> Batch | None:
+        return self.session.scalar(select(Batch).where(Batch.id == batch_id, Batch.owner == self.owner))
+
+    def get_by_idempotency_key(self, key: str) -> Batch | None:
+        return self.session.scalar(select(Batch).where(Batch.owner == self.owner, Batch.idempotency_key == key))
+
+    def checkpoints_of_collection(self, collection: str) -> list[Checkpoint]:
+        return list(self.session.scalars(
+            select(Checkpoint).where(Checkpoint.owner == self.owner, Checkpoint.collection == collection)
+            .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)))
+
+    def checkpoints_by_id(self, ids: list[str]) -> dict[str, Checkpoint]:
+        found: dict[str, Checkpoint] = {}
+        for start in range(0, len(ids), 500):  # keep IN lists bounded
+            chunk = ids[start:start + 500]
+            found.update((c.id, c) for c in self.session.scalars(
+                select(Checkpoint).where(Checkpoint.owner == self.owner, Checkpoint.id.in_(chunk))))
+        return found
+
+    def list(self, *, limit: int, collection: str | None, cursor: str | None) -> list[Batch]:
+        query = select(Batch).where(Batch.owner == self.owner)
+        if collection is not None:
+            query = query.where(Batch.collection == collection)
+        return list(self.session.scalars(paginate(query, Batch, limit, cursor)))
+
+    def summaries(self, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Per batch: job counts by status, the sum of progress (finished = 1), reused jobs, last finish."""
+        out: dict[str, dict[str, Any]] = {b: {"counts": {}, "progress": 0.0, "reused": 0, "last_finished": None}
+                                          for b in batch_ids}
+        if not batch_ids:
+            return out
+        progress = case((Job.status.in_(FINISHED), 1.0), else_=Job.progress)
+        rows = self.session.execute(
+            select(Job.batch_id, Job.status, func.count(), func.sum(progress), func.count(Job.reused_from),
+                   func.max(Job.finished_at))
+            .where(Job.owner == self.owner, Job.batch_id.in_(batch_ids))
+            .group_by(Job.batch_id, Job.status))
+        for batch_id, status, count, progress_sum, reused, last_finished in rows:
+            summary = out[batch_id]
+            summary["counts"][status] = int(count)
+            summary["progress"] += float(progress_sum or 0.0)
+            summary["reused"] += int(reused or 0)
+            if last_finished is not None and (summary["last_finished"] is None
+                                              or _naive(last_finished) > _naive(summary["last_finished"])):
+                summary["last_finished"] = last_finished
+        return out
+
+    def result_rows(self, batch_id: str) -> list[tuple[Job, Checkpoint]]:
+        """One (job, checkpoint) per checkpoint, ordered by step (unknown steps last), then name."""
+        return list(self.session.execute(
+            select(Job, Checkpoint).join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
+            .where(Job.owner == self.owner, Job.batch_id == batch_id)
+            .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)).tuples())
+
+    def job_ids(self, batch_id: str) -> list[str]:
+        return list(self.session.scalars(select(Job.id).where(Job.owner == self.owner, Job.batch_id == batch_id)))
+
+    def cancel_queued(self, batch_id: str) -> int:
+        result = self.session.execute(
+            update(Job).execution_options(synchronize_session=False)
+            .where(Job.owner == self.owner, Job.batch_id == batch_id, Job.status == JobStatus.queued.value)
+            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=utcnow(),
+                    error="cancelled before it started (its batch was cancelled)"))
+        return result.rowcount
+
+    def request_cancel_running(self, batch_id: str) -> int:
+        result = self.session.execute(
+            update(Job).execution_options(synchronize_session=False)
+            .where(Job.owner == self.owner, Job.batch_id == batch_id, Job.status == JobStatus.running.value)
+            .values(cancel_requested=True))
+        return result.rowcount
+
+
+def _naive(value: datetime) -> datetime:
+    return value.replace(tzinfo=None) if value.tzinfo is not None else value
