@@ -18,6 +18,7 @@ from api import health
 from api.batches.endpoints import router as batches_router
 from api.batches.plots import router as plots_router
 from api.checkpoints.endpoints import router as checkpoints_router
+from api.dashboard import install_dashboard
 from api.datasets.endpoints import router as datasets_router
 from api.db import session_factory
 from api.jobs.endpoints import router as jobs_router
@@ -90,4 +91,5 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.include_router(plots_router)
     app.include_router(status_router)
     install_metrics(app, settings)  # /metrics and per-request counters
+    install_dashboard(app)  # the web UI at / (assets under /ui); after the API routes, shadows none
     return app
