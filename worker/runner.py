@@ -161,14 +161,30 @@ def run_job(
     worker_name: str | None = None,
     device: str | None = None,
     exit_with_parent: bool = False,
+    fair: bool = False,
 ) -> JobOutcome:
-    """Claim and run one job to a final state. Never raises for job errors (they are recorded)."""
+    """Claim and run one job to a final state. Never raises for job errors (they are recorded).
+
+    ``fair``: ``job_id`` is only a hint; claim whichever queued job is fairest to run next
+    (``lifecycle.claim_next_fair``), which is how Celery workers take work: a broker message is a
+    "run the next fair job" token.
+    """
     settings = settings or get_settings()
     worker_name = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
     device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
 
     with session_scope(settings) as session:
-        attempt = lifecycle.claim(session, job_id, worker_name)
+        if fair:
+            claimed = lifecycle.claim_next_fair(session, worker_name)
+            if claimed is None:
+                log.info("no queued job to run (token for job %s); nothing to do", job_id)
+                return JobOutcome(job_id, "skipped", "nothing queued")
+            if claimed[0] != job_id:
+                log.info("token for job %s runs job %s, the fairest queued job", job_id, claimed[0])
+            job_id, attempt = claimed
+            bind_context(job_id=job_id)
+        else:
+            attempt = lifecycle.claim(session, job_id, worker_name)
         if attempt is None:
             job = session.get(Job, job_id)
             state = job.status if job is not None else "missing"

@@ -1,4 +1,5 @@
-"""The Celery task: deliver "run job X" to the shared runner.
+"""The Celery task: a "run the next fair job" token for the shared runner (the job id it carries is
+the job whose submission sent it, a hint: the worker claims whichever queued job is fairest to run).
 
 Imported by the worker's parent process before it forks its pool: nothing here touches torch or
 CUDA (the runner imports torch inside the job), and each pool process drops database connections
@@ -31,5 +32,6 @@ def run_job_task(job_id: str) -> str:
     if not isinstance(job_id, str) or not job_id.isalnum() or len(job_id) > 64:
         log.error("ignoring a malformed job id %r", job_id)
         return "malformed"
-    outcome = run_job(job_id)
+    # The message is a "run the next fair job" token; job_id is a hint (see lifecycle.claim_next_fair).
+    outcome = run_job(job_id, fair=True)
     return outcome.status

@@ -71,7 +71,7 @@ class BatchRepository:
         return list(self.session.execute(
             select(Job, Checkpoint).join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
             .where(Job.owner == self.owner, Job.batch_id == batch_id)
-            .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)).tuples())
+            .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)).all())
 
     def job_ids(self, batch_id: str) -> list[str]:
         return list(self.session.scalars(select(Job.id).where(Job.owner == self.owner, Job.batch_id == batch_id)))

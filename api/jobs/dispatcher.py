@@ -2,7 +2,8 @@
 
 A thread in the API process. Each job runs in its own ``python -m worker.run_job JOB_ID`` subprocess
 (torch never enters the API process, and a crashing job cannot take the API down), at most
-``embedded_max_concurrent_jobs`` at a time, oldest queued job first. The thread wakes when a job is
+``embedded_max_concurrent_jobs`` at a time, in fair order (``lifecycle.fair_queued_job_ids``:
+round-robin across owners, oldest job first within an owner). The thread wakes when a job is
 submitted (``wake_dispatchers``) or a job process ends, and polls otherwise.
 
 - On start, jobs left ``running`` by a previous server are re-queued (or failed, if they used up
@@ -149,7 +150,7 @@ class EmbeddedDispatcher:
         if free <= 0 or self._stopping.is_set():
             return
         with session_scope(self.settings) as session:
-            job_ids = lifecycle.queued_job_ids(session, limit=free, exclude=list(self._children))
+            job_ids = lifecycle.fair_queued_job_ids(session, limit=free, exclude=list(self._children))
         for job_id in job_ids:
             self._children[job_id] = self._spawn(job_id)
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from api.jobs.schemas import as_utc
@@ -218,6 +218,64 @@ def queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] = (),
     if queued_before is not None:
         query = query.where(Job.queued_at < queued_before)
     return list(session.scalars(query.order_by(Job.queued_at, Job.id).limit(limit)))
+
+
+# -- fair scheduling ------------------------------------------------------------------------------
+
+
+def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] = ()) -> list[str]:
+    """The next ``limit`` queued jobs in fair order: round-robin across owners, so that one owner's
+    500-checkpoint batch cannot starve another owner's single job.
+
+    Each pick goes to the owner with the fewest running (plus already picked) jobs; ties go to the
+    owner served least recently (the latest ``started_at`` among its jobs; never served first), then
+    to the owner whose oldest queued job is oldest. Within an owner, oldest queued job first.
+    """
+    excluded = list(exclude)
+    queued = select(Job.owner, func.min(Job.queued_at)).where(Job.status == QUEUED)
+    if excluded:
+        queued = queued.where(Job.id.not_in(excluded))
+    oldest = {owner: as_utc(at) for owner, at in session.execute(queued.group_by(Job.owner))}
+    if not oldest:
+        return []
+    owners = list(oldest)
+    running = dict(session.execute(
+        select(Job.owner, func.count()).where(Job.status == RUNNING, Job.owner.in_(owners)).group_by(Job.owner)).tuples())
+    served = {owner: as_utc(at) for owner, at in session.execute(
+        select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners), Job.started_at.is_not(None))
+        .group_by(Job.owner))}
+    never = datetime.min.replace(tzinfo=UTC)
+    load = {owner: int(running.get(owner, 0)) for owner in owners}
+    pending: dict[str, list[str]] = {}
+    picked: list[str] = []
+    while len(picked) < limit and owners:
+        owner = min(owners, key=lambda o: (load[o], served.get(o) or never, oldest[o] or never, o))
+        if owner not in pending:
+            query = select(Job.id).where(Job.status == QUEUED, Job.owner == owner)
+            if excluded:
+                query = query.where(Job.id.not_in(excluded))
+            pending[owner] = list(session.scalars(query.order_by(Job.queued_at, Job.id).limit(limit)))
+        if not pending[owner]:
+            owners.remove(owner)
+            continue
+        picked.append(pending[owner].pop(0))
+        load[owner] += 1
+    return picked
+
+
+def claim_next_fair(session: Session, worker: str, *, candidates: int = 8) -> tuple[str, int] | None:
+    """Claim the fairest queued job (see ``fair_queued_job_ids``): (job id, attempt), or None when no
+    job is queued. Each claim is the conditional UPDATE of ``claim``; a job another worker claimed
+    first is skipped for the next candidate."""
+    for _ in range(3):
+        job_ids = fair_queued_job_ids(session, limit=candidates)
+        if not job_ids:
+            return None
+        for job_id in job_ids:
+            attempt = claim(session, job_id, worker)
+            if attempt is not None:
+                return job_id, attempt
+    return None
 
 
 def touch_queued(session: Session, job_id: str, *, queued_before: datetime) -> bool:
