@@ -30,7 +30,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -46,6 +45,8 @@ from api.settings import Settings
 log = logging.getLogger("lambdahat.metrics")
 
 VERSION = "0.1.0"
+# The classic text format every Prometheus version parses (metric names here are all legacy-safe).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 disable_created_metrics()  # no *_created series: they double the output and no query here needs them
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -229,7 +230,7 @@ router = APIRouter(tags=["observability"])
 
 
 @router.get("/metrics", include_in_schema=True, response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
                        401: {"description": "LAMBDAHAT_METRICS_TOKEN is set and was not sent"}})
 def metrics(request: Request) -> Response:
     """Prometheus metrics (text exposition format). Aggregate counts only: no owner data."""
@@ -240,7 +241,7 @@ def metrics(request: Request) -> Response:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED,
                                 detail="/metrics needs 'Authorization: Bearer <LAMBDAHAT_METRICS_TOKEN>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE)
 
 
 def install_metrics(app: FastAPI, settings: Settings) -> None:
