@@ -239,8 +239,8 @@ def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] 
     if not oldest:
         return []
     owners = list(oldest)
-    running = dict(session.execute(
-        select(Job.owner, func.count()).where(Job.status == RUNNING, Job.owner.in_(owners)).group_by(Job.owner)).tuples())
+    running = {owner: count for owner, count in session.execute(
+        select(Job.owner, func.count()).where(Job.status == RUNNING, Job.owner.in_(owners)).group_by(Job.owner))}
     served = {owner: as_utc(at) for owner, at in session.execute(
         select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners), Job.started_at.is_not(None))
         .group_by(Job.owner))}
@@ -248,8 +248,10 @@ def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] 
     load = {owner: int(running.get(owner, 0)) for owner in owners}
     pending: dict[str, list[str]] = {}
     picked: list[str] = []
+    # A pick serves its owner "now": later than any recorded start, in pick order (true round-robin).
+    last_served: dict[str, tuple] = {o: (0, served.get(o) or never) for o in owners}
     while len(picked) < limit and owners:
-        owner = min(owners, key=lambda o: (load[o], served.get(o) or never, oldest[o] or never, o))
+        owner = min(owners, key=lambda o: (load[o], last_served[o], oldest[o] or never, o))
         if owner not in pending:
             query = select(Job.id).where(Job.status == QUEUED, Job.owner == owner)
             if excluded:
@@ -260,6 +262,7 @@ def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] 
             continue
         picked.append(pending[owner].pop(0))
         load[owner] += 1
+        last_served[owner] = (1, len(picked))
     return picked
 
 
