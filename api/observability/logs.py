@@ -190,6 +190,7 @@ def configure_logging(settings: Any = None, *, log_format: str | None = None, le
     root.setLevel(level)
     if log_format == "json":
         route_library_loggers_to_root()
+        logging.captureWarnings(True)  # Python warnings become records too, not raw stderr text
     if worker is not None:
         set_process_context(worker=worker)
     return handler
