@@ -113,6 +113,7 @@ def test_configure_logging_replaces_only_its_own_handler() -> None:
         for handler in [h for h in root.handlers if getattr(h, "_lambdahat", False)] + [foreign]:
             root.removeHandler(handler)
         root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 def test_text_format_shows_the_job_and_worker() -> None:
