@@ -381,7 +381,7 @@ def op_traces(job: Any) -> Operation[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches (issue 4). Written against the issue's specification; not yet exercised against a server.
+# Batches and server-side plots
 
 
 def op_submit_batch(
@@ -403,6 +403,28 @@ def op_submit_batch(
         body["force"] = True
     response = yield Call("POST", "/v1/batches", json=body)
     return Batch.model_validate(json_body(response))
+
+
+def op_plot(target: Any) -> Operation[bytes]:
+    """The server's PNG of a job (traces) or a batch (λ̂ over training)."""
+    if not isinstance(target, Job | Batch):
+        target = yield from op_resolve(target)
+    kind = "batches" if isinstance(target, Batch) else "jobs"
+    response = yield Call("GET", f"/v1/{kind}/{object_id(target, kind)}/plot.png")
+    return _png_body(response)
+
+
+def op_plot_llc(batches: list[Any], collections: list[str]) -> Operation[bytes]:
+    """Several batches (or collections: each one's newest batch) on one λ̂-over-training axis."""
+    params = {"batch_id": [object_id(b, "batch") for b in batches], "collection": list(collections)}
+    response = yield Call("GET", "/v1/plots/llc.png", params={k: v for k, v in params.items() if v})
+    return _png_body(response)
+
+
+def _png_body(response: httpx.Response) -> bytes:
+    if not response.content.startswith(b"\x89PNG"):
+        raise ServerError(f"expected a PNG image, got {response.headers.get('content-type', 'no content type')}")
+    return response.content
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class Job(_ServerObject):
     config: dict[str, Any] | None = None
     resolved_config: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    reused_from: str | None = None  # set when the server answered from identical earlier work
     cancel_requested: bool = False
     progress: float | None = None
     draws_done: int | None = None
@@ -122,6 +123,8 @@ class Batch(_ServerObject):
     config: dict[str, Any] | None = None
     counts: dict[str, int] = Field(default_factory=dict)
     total: int | None = None
+    reused: int | None = None  # jobs answered from identical earlier work
+    force: bool | None = None
     progress: float | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None

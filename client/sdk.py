@@ -167,7 +167,7 @@ class _ClientBase:
             _ops.op_estimate(model, data, loss, config, architecture, collection, progress, timeout, poll)
         )
 
-    # -- batches (issue 4; written against the specification, not yet tested against a server) --
+    # -- batches and server-side plots ----------------------------------------------------------
 
     def submit_batch(
         self,
@@ -188,6 +188,14 @@ class _ClientBase:
 
     def batches(self, collection: str | None = None, *, limit: int | None = None) -> list[Batch]:
         return self._drive(_ops.op_list("/v1/batches", "batches", Batch, {"collection": collection}, limit))
+
+    def plot(self, job_or_batch: Any) -> bytes:
+        """PNG bytes drawn by the server: a job's traces, or a batch's λ̂ over training."""
+        return self._drive(_ops.op_plot(job_or_batch))
+
+    def plot_llc(self, batches: list[Any] = (), collections: list[str] = ()) -> bytes:  # type: ignore[assignment]
+        """PNG bytes: several batches (or each collection's newest batch) as λ̂-over-training lines on one axis."""
+        return self._drive(_ops.op_plot_llc(list(batches), list(collections)))
 
 
 class Client(_ClientBase):
