@@ -92,4 +92,28 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     app.include_router(status_router)
     install_metrics(app, settings)  # /metrics and per-request counters
     install_dashboard(app)  # the web UI at / (assets under /ui); after the API routes, shadows none
+    _document_message_errors(app)
     return app
+
+
+def _document_message_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what 422 bodies really hold.
+
+    FastAPI documents 422 as ``{"detail": [<validation error>, ...]}``, but checks made in the handlers
+    (cursors, Idempotency-Key, artifact contents) answer ``{"detail": "<message>"}``: the schema allows
+    both, so clients generated from it (and schemathesis) accept every 422 the API sends.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+            if error is not None:
+                listed = error["properties"]["detail"]
+                error["properties"]["detail"] = {"anyOf": [listed, {"type": "string"}], "title": "Detail"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
