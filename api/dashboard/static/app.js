@@ -298,7 +298,7 @@ function renderVerdicts(panel, job) {
   panel.replaceChildren(el("h2", {}, "Verdict"),
     el("div", { class: `verdict ${v.overall}`, id: "verdict", dataset: { verdict: v.overall } },
       el("div", { class: "title" }, v.headline)),
-    v.items.map((item) => el("div", { class: `verdict ${item.level}`, dataset: { code: item.code } },
+    ...v.items.map((item) => el("div", { class: `verdict ${item.level}`, dataset: { code: item.code } },
       el("div", { class: "title" }, item.title, item.chain !== null && item.chain !== undefined ? ` (chain ${item.chain})` : ""),
       el("div", {}, item.message),
       el("div", { class: "try" }, el("strong", {}, "What to try: "), item.tryThis))));
