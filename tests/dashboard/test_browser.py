@@ -238,3 +238,70 @@ def test_forms_show_the_servers_errors_and_never_run_server_strings_as_html(page
     shown = page.wait_for_selector("#job-form [data-testid=error]").text_content()
     assert shown.startswith("config.num_chains:") and "greater than or equal to 1" in shown
     assert page.evaluate("window.__xss") is None
+
+
+def wait_for_batch(server: Server, batch_id: str, timeout_s: float = JOB_TIMEOUT_MS / 1000) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = server.http.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] in ("succeeded", "failed", "cancelled"):
+            return batch
+        time.sleep(0.5)
+    raise AssertionError(f"batch {batch_id} did not finish: {batch}")
+
+
+def test_batch_page_plots_llc_against_step_with_error_bars_and_overlays(page, server, tmp_path):
+    dataset = server.upload_dataset("batch-data")
+    for collection, seeds in (("curve-a", (11, 12)), ("curve-b", (21, 22))):
+        for step, seed in zip((100, 200), seeds, strict=True):
+            server.upload_checkpoint(save_checkpoint(tmp_path / f"{collection}-{step}.safetensors", seed),
+                                     collection=collection, step=str(step))
+    other = server.http.post("/v1/batches", json={"collection": "curve-b", "dataset_id": dataset["id"],
+                                                  "loss": "cross_entropy", "config": FAST_CONFIG})
+    assert other.status_code == 202, other.text
+    other = wait_for_batch(server, other.json()["id"])
+    assert other["status"] == "succeeded"
+
+    # Submit curve-a through the batch form; the page follows it to the end.
+    log_in(page, server)
+    page.goto(server.url + "/#/new")
+    page.wait_for_selector("#batch-collection option[value=curve-a]", state="attached")
+    page.select_option("#batch-collection", "curve-a")
+    page.select_option("#batch-dataset", dataset["id"])
+    page.fill("#batch-config", json.dumps(FAST_CONFIG))
+    page.click("#batch-form button[type=submit]")
+    page.wait_for_url("**/#/batches/*")
+    batch_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_function("['succeeded', 'failed', 'cancelled'].includes(document.querySelector('#batch-status')?.textContent)",
+                           timeout=JOB_TIMEOUT_MS)
+    rows = server.http.get(f"/v1/batches/{batch_id}/results").json()
+    assert page.text_content("#batch-status") == "succeeded", rows
+    assert [r["step"] for r in rows] == [100, 200]
+
+    # Its own collection: a marker and an error bar per step, at the right heights (larger λ̂ higher up).
+    chart = "[data-testid=batch-chart]"
+    page.wait_for_selector(f"{chart} circle.marker")
+    markers = page.query_selector_all(f"{chart} circle.marker")
+    assert len(markers) == 2 and len(page.query_selector_all(f"{chart} line.errorbar")) == 2
+    ys = [float(m.get_attribute("cy")) for m in markers]
+    xs = [float(m.get_attribute("cx")) for m in markers]
+    assert xs[0] < xs[1]
+    assert (ys[0] > ys[1]) == (rows[0]["llc_mean"] < rows[1]["llc_mean"])  # SVG y grows downwards
+    page.mouse.move(0, 0)
+    table = page.text_content("#batch-results")
+    for r in rows:
+        assert r["job_id"][:12] in table
+
+    # Overlay the other collection: two series, four points, both named in the legend.
+    page.check(f"#overlay-choices input[data-overlay='{other['id']}']")
+    page.wait_for_function(f"document.querySelectorAll('{chart} circle.marker').length === 4")
+    assert len(page.query_selector_all(f"{chart} g.series")) == 2
+    legend = page.text_content(f"{chart} .legend")
+    assert "curve-a" in legend and "curve-b" in legend
+    page.screenshot(path=str(tmp_path / "batch-page.png"), full_page=True)
+
+    # The batches list shows both, finished.
+    page.click("a[data-nav=batches]")
+    for bid in (batch_id, other["id"]):
+        row = page.wait_for_selector(f"#batches-table tr[data-batch-id='{bid}']")
+        assert row.get_attribute("data-status") == "succeeded"

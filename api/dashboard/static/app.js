@@ -459,12 +459,19 @@ async function pageNew() {
   const dsMessage = el("div"), ckMessage = el("div"), jobMessage = el("div");
   const checkpointSelect = el("select", { id: "job-checkpoint", name: "checkpoint_id", required: true });
   const datasetSelect = el("select", { id: "job-dataset", name: "dataset_id", required: true });
+  const batchDatasetSelect = el("select", { id: "batch-dataset", name: "dataset_id", required: true });
+  const collectionSelect = el("select", { id: "batch-collection", name: "collection", required: true });
+  const batchMessage = el("div");
 
   const refreshChoices = async () => {
     const [cks, dss] = await Promise.all([api("/v1/checkpoints?limit=500"), api("/v1/datasets?limit=500")]);
     checkpointSelect.replaceChildren(...cks.items.map((c) => el("option", { value: c.id },
       `${c.name}${c.collection ? ` · ${c.collection}` : ""}${c.step !== null ? ` · step ${c.step}` : ""} (${c.id.slice(0, 8)})`)));
-    datasetSelect.replaceChildren(...dss.items.map((d) => el("option", { value: d.id }, `${d.name} · n=${d.n} (${d.id.slice(0, 8)})`)));
+    const datasetOptions = () => dss.items.map((d) => el("option", { value: d.id }, `${d.name} · n=${d.n} (${d.id.slice(0, 8)})`));
+    datasetSelect.replaceChildren(...datasetOptions());
+    batchDatasetSelect.replaceChildren(...datasetOptions());
+    const collections = [...new Set(cks.items.map((c) => c.collection).filter(Boolean))];
+    collectionSelect.replaceChildren(...collections.map((c) => el("option", { value: c }, c)));
   };
 
   const dsForm = el("form", { class: "stack", id: "dataset-form" },
@@ -487,6 +494,29 @@ async function pageNew() {
       ["cross_entropy", "mse", "nll", "bce_with_logits"].map((l) => el("option", { value: l }, l)))),
     el("label", {}, "Config JSON (any LLCConfig field; empty for the defaults)", configArea),
     el("button", { class: "primary", type: "submit" }, "Submit job"), jobMessage);
+
+  const batchConfig = el("textarea", { id: "batch-config", name: "config", placeholder: '{"num_chains": 4, "seed": 0}' });
+  const batchForm = el("form", { class: "stack", id: "batch-form" },
+    el("label", {}, "Collection (one job per checkpoint in it)", collectionSelect),
+    el("label", {}, "Dataset", batchDatasetSelect),
+    el("label", {}, "Loss", el("select", { id: "batch-loss", name: "loss" },
+      ["cross_entropy", "mse", "nll", "bce_with_logits"].map((l) => el("option", { value: l }, l)))),
+    el("label", {}, "Config JSON (the same for every checkpoint)", batchConfig),
+    el("button", { class: "primary", type: "submit" }, "Submit batch"), batchMessage);
+  batchForm.addEventListener("submit", async (evt) => {
+    evt.preventDefault();
+    batchMessage.replaceChildren();
+    let config = {};
+    try { config = batchConfig.value.trim() ? JSON.parse(batchConfig.value) : {}; } catch (err) {
+      batchMessage.append(errorBox(`the config is not valid JSON: ${err.message}`));
+      return;
+    }
+    try {
+      const batch = await api("/v1/batches", { method: "POST", json: { collection: collectionSelect.value,
+        dataset_id: batchDatasetSelect.value, loss: batchForm.elements.loss.value, config } });
+      location.hash = `#/batches/${encodeURIComponent(batch.id)}`;
+    } catch (err) { batchMessage.append(errorBox(err.message)); }
+  });
 
   // Multipart upload; empty optional fields are left out (the API rejects empty values for step, etc.).
   const upload = (form, path, message, describe) => form.addEventListener("submit", async (evt) => {
@@ -529,7 +559,9 @@ async function pageNew() {
   el("div", { class: "grid2" },
     el("div", { class: "panel" }, el("h2", {}, "Upload a dataset"), dsForm),
     el("div", { class: "panel" }, el("h2", {}, "Upload a checkpoint"), ckForm)),
-  el("div", { class: "panel" }, el("h2", {}, "Submit a job"), jobForm));
+  el("div", { class: "grid2" },
+    el("div", { class: "panel" }, el("h2", {}, "Submit a job"), jobForm),
+    el("div", { class: "panel" }, el("h2", {}, "Submit a batch (a whole collection)"), batchForm)));
   try { await refreshChoices(); } catch (err) { jobMessage.append(errorBox(err.message)); }
 }
 
