@@ -283,8 +283,8 @@ function renderJobHeader(panel, job) {
         kv("ε, γ", `${formatNumber(rc.epsilon)} , ${formatNumber(rc.gamma)}`),
         kv("Worker, attempts", `${job.worker || "–"}, ${job.attempts}`),
         kv("Created", fmtTime(job.timings.created_at)),
-        kv("Duration", fmtSeconds(job.timings.duration_s)))),
-    job.error ? errorBox(job.error) : null);
+        kv("Duration", fmtSeconds(job.timings.duration_s)))));
+  if (job.error) panel.append(errorBox(job.error));
   if (r && r.diagnostics && Object.keys(r.diagnostics).length) {
     const diag = el("details", {}, el("summary", {}, "Diagnostics (raw)"),
       el("dl", { class: "kv" }, Object.entries(r.diagnostics).flatMap(([k, v]) =>

@@ -98,7 +98,9 @@ export class LineChart {
     for (const s of this.series) for (const x of s.xs) { if (x < lo) lo = x; if (x > hi) hi = x; }
     if (!Number.isFinite(lo)) return [0, 1];
     if (lo === hi) return [lo - 1, hi + 1];
-    return [lo, hi];
+    // Markers and error bars at the ends stay inside the plot.
+    const pad = this.options.markers ? (hi - lo) * 0.04 : 0;
+    return [lo - pad, hi + pad];
   }
 
   _buildLegend() {
