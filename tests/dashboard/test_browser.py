@@ -23,7 +23,7 @@ import pytest
 from playwright import sync_api as playwright_sync
 
 from tests.client.conftest import start_server, stop_process
-from tests.client.helpers import FAST_CONFIG, MLP_ARCHITECTURE, classification_data, mlp
+from tests.client.helpers import FAST_CONFIG, MLP_ARCHITECTURE, SLOW_CONFIG, classification_data, mlp
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -305,3 +305,22 @@ def test_batch_page_plots_llc_against_step_with_error_bars_and_overlays(page, se
     for bid in (batch_id, other["id"]):
         row = page.wait_for_selector(f"#batches-table tr[data-batch-id='{bid}']")
         assert row.get_attribute("data-status") == "succeeded"
+
+
+def test_a_running_job_shows_live_progress_and_can_be_cancelled_from_its_page(page, server, tmp_path):
+    dataset = server.upload_dataset("slow-data")
+    checkpoint = server.upload_checkpoint(save_checkpoint(tmp_path / "slow.safetensors", 3))
+    job = server.http.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"],
+                                             "loss": "cross_entropy", "config": SLOW_CONFIG}).json()
+    log_in(page, server)
+    page.goto(f"{server.url}/#/jobs/{job['id']}")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'running'", timeout=JOB_TIMEOUT_MS)
+    # The progress bar moves without a reload (the page polls while the job runs).
+    progress = "parseFloat(document.querySelector('.progress-cell').textContent)"
+    page.wait_for_function(f"{progress} > 0", timeout=JOB_TIMEOUT_MS)
+    assert page.get_attribute("#verdict", "data-verdict") == "pending"
+    page.click("#cancel-job")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'cancelled'", timeout=60_000)
+    assert server.http.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert "No traces: the job cancelled." in page.text_content("#traces")
+    assert page.query_selector("#cancel-job") is None

@@ -22,6 +22,8 @@ def test_index_and_assets_are_served(api):  # noqa: F811
         assert response.status_code == 200, asset
         assert media in response.headers["content-type"], (asset, response.headers["content-type"])
         assert response.text == (STATIC / asset).read_text()
+    redirect = api.get("/dashboard", follow_redirects=False)
+    assert redirect.status_code == 307 and redirect.headers["location"] == "/"
     assert api.get("/ui/nope.js").status_code == 404
     assert api.get("/ui/../main.py").status_code == 404  # StaticFiles stays inside its directory
 
