@@ -183,6 +183,8 @@ async function pageJobs() {
   const tbody = el("tbody");
   const message = el("div");
   const updated = el("span", { class: "muted", id: "jobs-updated" });
+  let limit = 100;
+  const more = el("button", { class: "secondary", type: "button", id: "jobs-more", hidden: true }, "Show older jobs");
   app.append(el("div", { class: "panel" },
     el("div", { class: "toolbar" }, el("h1", { style: "margin:0" }, "Jobs"), el("label", {}, "Status ", filter),
       el("a", { href: "#/new" }, "Submit a job"), updated),
@@ -191,12 +193,13 @@ async function pageJobs() {
       el("thead", {}, el("tr", {},
         el("th", {}, "Job"), el("th", {}, "Status"), el("th", {}, "Progress"), el("th", { class: "num" }, "λ̂ ± std"),
         el("th", {}, "Verdict"), el("th", {}, "Loss"), el("th", {}, "Created"), el("th", { class: "num" }, "Duration"))),
-      tbody)));
+      tbody),
+    more));
   const load = async () => {
     const query = filter.value ? `&status=${encodeURIComponent(filter.value)}` : "";
     let page;
     try {
-      page = await api(`/v1/jobs?limit=100${query}`);
+      page = await api(`/v1/jobs?limit=${limit}${query}`);
       message.replaceChildren();
     } catch (err) {
       message.replaceChildren(errorBox(err.message));
@@ -216,10 +219,12 @@ async function pageJobs() {
         el("td", { class: "num" }, fmtSeconds(job.timings.duration_s)));
     }));
     if (page.items.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No jobs yet.")));
+    more.hidden = !page.next_cursor || limit >= 500;  // beyond 500: lambdahat jobs --limit N
     updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
     return true;  // keep polling: new jobs and status changes show up live
   };
   filter.addEventListener("change", () => load().catch(() => {}));
+  more.addEventListener("click", () => { limit = Math.min(500, limit + 100); load().catch(() => {}); });
   await poll(load);
 }
 
@@ -555,7 +560,8 @@ async function pageNew() {
   });
 
   app.append(el("h1", {}, "Upload & submit"), el("p", { class: "muted" },
-    "For small cases. Larger files are easier with the CLI: ", el("code", {}, "lambdahat upload"), "."),
+    "For small cases. Larger files are easier with the CLI: ", el("code", {}, "lambdahat upload"), " and ",
+    el("code", {}, "lambdahat upload-dataset"), "."),
   el("div", { class: "grid2" },
     el("div", { class: "panel" }, el("h2", {}, "Upload a dataset"), dsForm),
     el("div", { class: "panel" }, el("h2", {}, "Upload a checkpoint"), ckForm)),
