@@ -102,26 +102,36 @@ def _duration_seconds(session: Session) -> Any:
 
 
 def duration_histogram(session: Session) -> DurationHistogram:
-    """Run time (start of the last attempt to the end) of every finished job that started, bucketed in SQL."""
+    """Run time (start of the last attempt to the end) of every finished job that started, bucketed in SQL.
+
+    Each run's duration is computed once (a materialized CTE) and given the index of the first bucket
+    it fits; the database returns one row per (status, bucket index), cumulated here."""
     runs = (
         select(Job.status.label("status"), _duration_seconds(session).label("seconds"))
         .where(Job.status.in_(FINISHED_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None))
-        .subquery()
+        .cte("runs")
+        .prefix_with("MATERIALIZED")
     )
-    seconds = runs.c.seconds
-    query = select(
-        runs.c.status, func.count(), func.coalesce(func.sum(seconds), 0.0),
-        *[func.coalesce(func.sum(case((seconds <= bound, 1), else_=0)), 0) for bound in DURATION_BUCKETS],
-    ).group_by(runs.c.status)
+    bucket = case(*[(runs.c.seconds <= bound, index) for index, bound in enumerate(DURATION_BUCKETS)],
+                  else_=len(DURATION_BUCKETS)).label("bucket")
+    query = select(runs.c.status, bucket, func.count(), func.coalesce(func.sum(runs.c.seconds), 0.0)) \
+        .group_by(runs.c.status, bucket)
     histogram = DurationHistogram()
+    per_bucket: dict[str, list[int]] = {}
     for status in FINISHED_STATUSES:
-        histogram.buckets[status] = [0] * len(DURATION_BUCKETS)
+        per_bucket[status] = [0] * (len(DURATION_BUCKETS) + 1)  # the last: above every bound
         histogram.count[status] = 0
         histogram.total_s[status] = 0.0
-    for status, count, total, *cumulative in session.execute(query):
-        histogram.count[status] = int(count)
-        histogram.total_s[status] = float(total or 0.0)
-        histogram.buckets[status] = [int(c or 0) for c in cumulative]
+    for status, index, count, total in session.execute(query):
+        per_bucket.setdefault(status, [0] * (len(DURATION_BUCKETS) + 1))[int(index)] += int(count)
+        histogram.count[status] = histogram.count.get(status, 0) + int(count)
+        histogram.total_s[status] = histogram.total_s.get(status, 0.0) + float(total or 0.0)
+    for status, counts in per_bucket.items():
+        running_total, cumulative = 0, []
+        for count in counts[:-1]:
+            running_total += count
+            cumulative.append(running_total)
+        histogram.buckets[status] = cumulative
     return histogram
 
 
