@@ -149,17 +149,24 @@ class ClusterCollector:
         view = cluster.workers_seen(session, self.settings, now=now)
         heartbeat = GaugeMetricFamily(
             "lambdahat_worker_last_heartbeat_seconds",
-            "Unix time of each worker's latest heartbeat (worker registry or a job it ran), seen in the last 24 h.",
-            labels=["worker"])
+            "Unix time of each worker's latest heartbeat (worker registry or a job it ran), seen in the last 24 h; "
+            "workers that stopped cleanly are left out.", labels=["worker"])
+        worker_up = GaugeMetricFamily(
+            "lambdahat_worker_up", "1 if the worker's latest heartbeat is within LAMBDAHAT_HEARTBEAT_TIMEOUT, 0 if it "
+            "went silent (workers that stopped cleanly are left out).", labels=["worker"])
         alive = 0
         for worker in view.workers:
+            if worker.stopped_at is not None:
+                continue  # a planned stop (scale-down, upgrade) is not an outage
+            is_alive = worker.alive(now, self.settings.heartbeat_timeout)
             heartbeat.add_metric([worker.name], worker.last_heartbeat)
-            alive += worker.alive(now, self.settings.heartbeat_timeout)
+            worker_up.add_metric([worker.name], 1 if is_alive else 0)
+            alive += is_alive
         workers_alive = GaugeMetricFamily(
             "lambdahat_workers_alive", "Workers with a heartbeat within LAMBDAHAT_HEARTBEAT_TIMEOUT "
             "(in embedded mode: the dispatcher's, only while it runs jobs).")
         workers_alive.add_metric([], alive)
-        metrics += [heartbeat, workers_alive]
+        metrics += [heartbeat, worker_up, workers_alive]
         if not self.settings.embedded:
             broker_up = GaugeMetricFamily("lambdahat_broker_up", "1 if the broker's worker registry could be read.")
             broker_up.add_metric([], 1 if view.registry == "ok" else 0)

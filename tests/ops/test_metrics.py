@@ -269,11 +269,14 @@ def test_two_api_processes_report_the_same_cluster_and_sum_request_counters(tmp_
     settings = Settings(data_dir=tmp_path / "seed", database_url=postgres_url)
     migrate(settings)
     insert_jobs(settings)
-    # An idle worker, seen only through the broker's registry (one beat, then a clean stop: a static entry).
+    # An idle worker seen only through the broker's registry (one beat, thread not started: a static entry),
+    # and one that stopped cleanly (left out of the per-worker series).
     registry = WorkerRegistryThread(broker_url, "idle-gpu", queues=[queue, "idle-gpu"], device="cuda", interval=60,
                                     key=registry_key(queue))
     registry.beat()
-    registry.beat(stopped=True)
+    retired = WorkerRegistryThread(broker_url, "retired-gpu", queues=[queue], device="cuda", interval=60,
+                                   key=registry_key(queue))
+    retired.beat(stopped=True)
     servers = []
     try:
         for name in ("a", "b"):
@@ -300,6 +303,9 @@ def test_two_api_processes_report_the_same_cluster_and_sum_request_counters(tmp_
         assert_metrics_match(samples_a, expected_from_database(settings))
         assert value(samples_a, "lambdahat_worker_last_heartbeat_seconds", worker="idle-gpu") == \
             pytest.approx(registry.entry["started_at"], abs=60)
+        assert value(samples_a, "lambdahat_worker_up", worker="idle-gpu") == 1
+        assert value(samples_a, "lambdahat_worker_up", worker="gpu2") == 0  # its job's heartbeat is 10 min old
+        assert not any(dict(labels).get("worker") == "retired-gpu" for _, labels in samples_a)
         assert value(samples_a, "lambdahat_broker_up") == 1
         assert value(samples_a, "lambdahat_info", version="0.1.0", mode="distributed") == 1
         # Request counters: per-process files in PROMETHEUS_MULTIPROC_DIR, summed by whichever process answers.
