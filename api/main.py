@@ -93,6 +93,10 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     install_metrics(app, settings)  # /metrics and per-request counters
     install_dashboard(app)  # the web UI at / (assets under /ui); after the API routes, shadows none
     _document_message_errors(app)
+    if settings.is_sqlite:
+        from api.admission import SQLiteAdmission
+
+        app.add_middleware(SQLiteAdmission)  # one writer at a time: see api/admission.py
     return app
 
 
