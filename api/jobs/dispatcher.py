@@ -164,7 +164,7 @@ class EmbeddedDispatcher:
             env=job_process_env(self.settings), cwd=str(PROJECT_ROOT),
             start_new_session=True,  # Ctrl-C on the server reaches the server; it stops its jobs itself
         )
-        log.info("job %s: started process %d", job_id, process.pid)
+        log.info("job %s: started process %d", job_id, process.pid, extra={"job_id": job_id})
         # Wake the loop the moment the process ends, to record the outcome and start the next job.
         threading.Thread(target=self._wake_on_exit, args=(process,), name=f"job-{job_id[:8]}-exit",
                          daemon=True).start()
@@ -186,7 +186,7 @@ class EmbeddedDispatcher:
         for child in list(self._children.values()):
             if time.monotonic() - child.started > limit and child.process.poll() is None:
                 log.error("job %s: process %d exceeded the time limit and did not stop; killing it",
-                          child.job_id, child.process.pid)
+                          child.job_id, child.process.pid, extra={"job_id": child.job_id})
                 self._terminate(child, timeout=2.0)
                 with session_scope(self.settings) as session:
                     job = session.get(Job, child.job_id)
@@ -209,7 +209,7 @@ class EmbeddedDispatcher:
                 released = lifecycle.release_lost_attempt(
                     session, job, max_attempts=self.settings.max_attempts, why=why, refund_attempt=graceful_stop)
                 if released is not None:
-                    log.warning("job %s: %s -> %s", job.id, why, released.outcome)
+                    log.warning("job %s: %s -> %s", job.id, why, released.outcome, extra={"job_id": job.id})
             elif job.status == lifecycle.QUEUED and not graceful_stop:
                 # The process ended without claiming the job: it could not start (bad environment?).
                 failures = self._start_failures.get(job.id, 0) + 1
