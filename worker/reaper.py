@@ -102,13 +102,9 @@ def _reenqueue_lost_messages(settings: Settings, enqueue: EnqueueFn,
     resent: list[str] = []
     with session_scope(settings) as session:
         candidates = lifecycle.queued_job_ids(session, limit=1000, queued_before=waited_since)
-        if in_broker is not None:
-            candidates = [job_id for job_id in candidates if job_id not in in_broker]
-            # A message is a "run the next fair job" token: one whose hinted job is no longer queued
-            # (another token ran it) will run some other queued job, so it covers one missing message.
-            spare = len(in_broker) - lifecycle.count_queued(session, in_broker)
-            candidates = candidates[max(0, spare):]
         for job_id in candidates:
+            if in_broker is not None and job_id in in_broker:
+                continue
             if lifecycle.touch_queued(session, job_id, queued_before=waited_since):
                 resent.append(job_id)
     if resent:

@@ -266,14 +266,6 @@ def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] 
     return picked
 
 
-def count_queued(session: Session, job_ids: set[str] | Sequence[str]) -> int:
-    """How many of these jobs are still queued."""
-    ids = list(job_ids)
-    return sum(session.scalar(select(func.count()).select_from(Job).where(Job.status == QUEUED,
-                                                                          Job.id.in_(ids[i:i + 500]))) or 0
-               for i in range(0, len(ids), 500))
-
-
 def claim_next_fair(session: Session, worker: str, *, candidates: int = 8) -> tuple[str, int] | None:
     """Claim the fairest queued job (see ``fair_queued_job_ids``): (job id, attempt), or None when no
     job is queued. Each claim is the conditional UPDATE of ``claim``; a job another worker claimed

@@ -135,19 +135,3 @@ def test_celery_worker_runs_another_owners_job_before_most_of_a_big_batch(tmp_pa
             proc.stop(timeout=10)
         redis.Redis.from_url(broker_url).delete(queue)
 
-
-def test_reaper_counts_a_token_whose_job_ran_elsewhere_as_covering_a_missing_one(service_settings):  # noqa: ANN001
-    """Token for job Z is still in the broker but Z was run by another token: it will run one of the
-    queued jobs whose own message is missing, so only the others are re-sent."""
-    from worker.reaper import reap_once
-
-    settings = service_settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/15"})
-    from api.models import utcnow
-
-    old = utcnow() - timedelta(minutes=5)
-    x, y, z = queue_jobs(settings, "alice", 3, old)
-    with session_scope(settings) as session:
-        lifecycle.claim(session, z, "w1")
-    enqueued: list[str] = []
-    report = reap_once(settings, enqueue=enqueued.extend, broker_job_ids=lambda: {z})
-    assert report.reenqueued == [y] and enqueued == [y]  # x is covered by z's token (oldest first)
