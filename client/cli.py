@@ -457,17 +457,22 @@ def status(
     ] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
     ping: Annotated[bool, typer.Option("--ping", help="Cluster summary: also ping every Celery worker.")] = False,
+    from_database: Annotated[bool, typer.Option(
+        "--from-database", help="Cluster summary: read the database of LAMBDAHAT_DATABASE_URL instead of asking the API.",
+    )] = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Show a job's (or batch's) state, progress and result; without ID, summarise the cluster (workers
-    alive, queue depth, jobs by status, running jobs). Exit code 0 whatever the jobs' states."""
-    with _connect(url, api_key) as cl:
-        if ident is None:
-            from client.cluster_status import fetch_cluster_status, print_cluster_status
+    alive, queue depth, jobs by status, running jobs) as the API reports it. Exit code 0 whatever the
+    jobs' states."""
+    if ident is None:
+        from client.cluster_status import cluster_status, print_cluster_status
 
-            print_cluster_status(fetch_cluster_status(cl, ping=ping), output_format.value)
-            return
+        print_cluster_status(cluster_status(url, api_key, ping=ping, from_database=from_database),
+                             output_format.value)
+        return
+    with _connect(url, api_key) as cl:
         _print_state(cl.get(ident), output_format)
 
 

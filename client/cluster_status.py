@@ -2,7 +2,9 @@
 
 It asks the API (like every user command: ``--url`` / ``LAMBDAHAT_URL``, the key from ``--api-key``,
 ``LAMBDAHAT_API_KEY`` or the local key file), not the database: the same command works from any
-machine that can reach the server, and needs no database credentials.
+machine that can reach the server, and needs no database credentials. Operators on a machine with
+the deployment's settings can read the database instead (``--from-database``); that is also the
+fallback when no server address was given and the default local server is not running.
 """
 
 from __future__ import annotations
@@ -19,6 +21,42 @@ def _op_cluster_status(ping: bool) -> Any:
 
 def fetch_cluster_status(client: Any, *, ping: bool = False) -> dict[str, Any]:
     return client._drive(_op_cluster_status(ping))
+
+
+def cluster_status(url: str | None, api_key: str | None, *, ping: bool = False,
+                   from_database: bool = False) -> dict[str, Any]:
+    """From the API; from the database with ``from_database``, or when no URL was given (argument or
+    LAMBDAHAT_URL) and nothing answers at the default address."""
+    import os
+
+    from client import Client
+    from client.errors import ConnectionFailed
+
+    if from_database:
+        return _from_database(ping)
+    try:
+        with Client(url=url, api_key=api_key) as client:
+            return fetch_cluster_status(client, ping=ping)
+    except ConnectionFailed as exc:
+        if url or os.environ.get("LAMBDAHAT_URL"):
+            raise
+        from client._output import stderr
+
+        stderr.print(f"note: {exc}; reading the database of this machine's settings instead", highlight=False)
+        return _from_database(ping)
+
+
+def _from_database(ping: bool) -> dict[str, Any]:
+    # Server code, imported only here: the client proper never needs it.
+    from client.errors import ServerError
+
+    try:
+        from api.observability.status import status_from_database
+
+        return status_from_database(ping=ping)
+    except Exception as exc:  # noqa: BLE001 - e.g. no database at the configured URL
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise ServerError(f"cannot read the database: {type(exc).__name__}: {message}") from None
 
 
 def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
@@ -39,10 +77,13 @@ def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
         return
 
     pairs: list[tuple[str, Any]] = [("mode", status.get("mode"))]
+    if status.get("source") == "database":
+        pairs.append(("source", "the database (not the API)"))
     embedded = status.get("embedded")
     if embedded:
-        pairs.append(("dispatcher", f"{'running' if embedded.get('dispatcher_running') else 'not running'} in the API "
-                                    f"process, up to {embedded.get('max_concurrent_jobs')} job(s) at a time"))
+        state = {True: "running", False: "not running", None: "unknown"}[embedded.get("dispatcher_running")]
+        pairs.append(("dispatcher", f"{state} in the API process, up to {embedded.get('max_concurrent_jobs')} "
+                                    "job(s) at a time"))
     broker = status.get("broker")
     if broker:
         pairs.append(("broker", f"{broker.get('url')} (worker registry: {broker.get('registry')})"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -143,3 +144,24 @@ def get_status(
         session, settings, owner=None if principal.can("admin") else principal.owner,
         dispatcher=getattr(request.app.state, "dispatcher", None), ping=ping, ping_timeout=ping_timeout,
     )
+
+
+def status_from_database(settings: Settings | None = None, *, ping: bool = False) -> dict[str, Any]:
+    """The same summary read straight from the database named by the settings (``lambdahat status
+    --from-database``; an operator's view, every owner's running jobs). Whether an embedded
+    dispatcher runs cannot be known from here: ``embedded.dispatcher_running`` is None."""
+    from api.db import session_scope
+    from api.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.is_sqlite:
+        path = Path(str(settings.database_url).split("///", 1)[-1])
+        if not path.is_file():  # do not leave an empty database file behind
+            raise FileNotFoundError(f"no lambdahat database at {path} (start `lambdahat serve` once, or set "
+                                    "LAMBDAHAT_DATABASE_URL)")
+    with session_scope(settings) as session:
+        summary = cluster_status(session, settings, owner=None, ping=ping)
+    if summary["embedded"] is not None:
+        summary["embedded"]["dispatcher_running"] = None
+    summary["source"] = "database"
+    return summary

@@ -23,9 +23,11 @@ from tests.jobs.seed import seed_artifacts
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def lambdahat(*args: str, url: str, key: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def lambdahat(*args: str, url: str, key: str, timeout: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
-    env.update(LAMBDAHAT_URL=url, LAMBDAHAT_API_KEY=key, PYTHONPATH=str(ROOT), COLUMNS="200")
+    env.update(LAMBDAHAT_URL=url, LAMBDAHAT_API_KEY=key, PYTHONPATH=str(ROOT), COLUMNS="200", **extra)
     return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -99,6 +101,37 @@ def test_lambdahat_status_subprocess_against_an_embedded_server(service_settings
         assert lambdahat("status", url=url, key="lh_wrong").returncode == 5  # documented: auth error
     unreachable = lambdahat("status", url="http://127.0.0.1:9", key=key, timeout=60)
     assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr
+
+    # Operators can read the database of their settings directly (no server, no key needed).
+    direct = lambdahat("status", "--from-database", "--format", "json", url="http://127.0.0.1:9", key="",
+                       env={"LAMBDAHAT_DATABASE_URL": service_settings.database_url,
+                            "LAMBDAHAT_DATA_DIR": str(service_settings.data_dir)})
+    assert direct.returncode == 0, direct.stderr
+    from_db = json.loads(direct.stdout)
+    assert from_db["source"] == "database" and from_db["running"][0]["id"] == running
+    assert from_db["running"][0]["owner"] == "ops" and from_db["embedded"]["dispatcher_running"] is None
+
+
+def test_without_a_server_address_status_falls_back_to_the_database(service_settings, monkeypatch) -> None:  # noqa: ANN001, F811
+    import client._http
+    from api.settings import get_settings
+    from client.cluster_status import cluster_status
+    from client.errors import ConnectionFailed
+    from tests.helpers import free_port
+
+    running = add_running_job(service_settings, "ops", "gpu0", 0.5)
+    monkeypatch.setattr(client._http, "DEFAULT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.delenv("LAMBDAHAT_URL", raising=False)
+    monkeypatch.setenv("LAMBDAHAT_DATABASE_URL", service_settings.database_url)
+    monkeypatch.setenv("LAMBDAHAT_DATA_DIR", str(service_settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        summary = cluster_status(None, "lh_unused")
+        assert summary["source"] == "database" and [r["id"] for r in summary["running"]] == [running]
+        with pytest.raises(ConnectionFailed):  # an address that was asked for is never silently replaced
+            cluster_status(client._http.DEFAULT_URL, "lh_unused")
+    finally:
+        get_settings.cache_clear()
 
 
 # -- distributed, for real -----------------------------------------------------------------------------------
