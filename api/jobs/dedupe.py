@@ -5,7 +5,7 @@ The fingerprint is the sha256 of (checkpoint sha256, dataset sha256, loss, the r
 the estimator's constant defaults filled in). The API cannot resolve every default without torch
 (epsilon comes from the curvature at w*, nbeta from n, num_draws from the warm-up), but those are
 deterministic functions of exactly what is fingerprinted: the weights, the data, the loss and the
-rest of the config, seed included. So ``{}`` and ``{"seed": 0, "num_chains": 4}`` are the same
+rest of the config, seed included. So ``{}`` and ``{"seed": 0, "sampler": "sgld"}`` are the same
 work, while a different seed, sampler or any explicit setting is different work. What the
 fingerprint cannot see: the worker's device when the config says ``device: auto`` and the
 estimator's code version; ``force: true`` re-runs in those cases.
@@ -15,8 +15,10 @@ Only the owner's own jobs are ever reused: results never cross owners.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -24,21 +26,36 @@ from sqlalchemy.orm import Session
 
 from api.models import Checkpoint, Dataset, Job, JobStatus, utcnow
 
-# LLCConfig's constant defaults (fields whose default is None are resolved by the worker from the
-# fingerprinted inputs). tests/batches/test_dedupe.py checks this table against estimator.LLCConfig.
-CONSTANT_DEFAULTS: dict[str, Any] = {
-    "sampler": "sgld",
-    "num_chains": 4,
-    "num_steps_bw_draws": 1,
-    "seed": 0,
-    "device": "auto",
-    "dtype": "float32",
-    "chain_mode": "auto",
-    "target_bias": 0.01,
-    "rhat_threshold": 1.05,
-    "min_ess": 100.0,
-    "mala_band": [0.8, 1.0],
-}
+ESTIMATOR_CONFIG_SOURCE = Path(__file__).resolve().parents[2] / "estimator" / "config.py"
+
+
+def _constant_defaults(source: Path = ESTIMATOR_CONFIG_SOURCE) -> dict[str, Any]:
+    """``LLCConfig``'s literal defaults, read from the estimator's source with ``ast`` (importing the
+    estimator would import torch). Fields defaulting to None are resolved by the worker from the
+    fingerprinted inputs, so they are left out. tests/batches/test_dedupe.py compares the result
+    with the real ``LLCConfig``."""
+    try:
+        tree = ast.parse(source.read_text())
+    except OSError:  # estimator sources not deployed with the API: only explicit settings count (less reuse)
+        return {}
+    config_class = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "LLCConfig")
+    defaults: dict[str, Any] = {}
+    for node in config_class.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            continue
+        value = node.value
+        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":  # field(default=...)
+            value = next((k.value for k in value.keywords if k.arg == "default"), None)
+        try:
+            literal = ast.literal_eval(value) if value is not None else None
+        except ValueError:
+            continue  # not a literal (a factory): not a constant default
+        if literal is not None:
+            defaults[node.target.id] = list(literal) if isinstance(literal, tuple) else literal
+    return defaults
+
+
+CONSTANT_DEFAULTS: dict[str, Any] = _constant_defaults()
 
 
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,10 @@ def test_the_constant_defaults_are_the_estimators():
                 for f in dataclasses.fields(LLCConfig)}
     constant = {name: value for name, value in defaults.items() if value is not None}
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in constant.items()} == CONSTANT_DEFAULTS
-    assert canonical_config({}) == canonical_config({"seed": 0, "num_chains": 4.0, "mala_band": (0.8, 1.0)})
+    num_chains = defaults["num_chains"]
+    assert canonical_config({}) == canonical_config({"seed": 0, "num_chains": float(num_chains),
+                                                     "mala_band": tuple(defaults["mala_band"])})
+    assert canonical_config({}) != canonical_config({"num_chains": num_chains + 1})
     assert canonical_config({}) != canonical_config({"seed": 1})
 
 
