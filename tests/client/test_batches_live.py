@@ -71,7 +71,7 @@ def test_submit_wait_results_dedupe_and_plots(cl):
     assert forced.reused == 0 and not forced.finished
     cancelled = cl.cancel(forced)
     assert isinstance(cancelled, Batch) and cancelled.counts["queued"] == 0
-    assert cl.wait(forced, progress=False, timeout=60, poll=0.3).status in ("cancelled", "succeeded")
+    assert cl.wait(forced, progress=True, timeout=60, poll=0.3).status in ("cancelled", "succeeded")  # a tqdm bar
 
     # Plots drawn by the server: a job's traces, the batch over training, two batches on one axis.
     job_png = png_image(cl.plot(job))
