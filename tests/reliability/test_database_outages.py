@@ -58,25 +58,26 @@ def test_api_requests_survive_dropped_connections(api, seeded):  # noqa: ANN001
 
 def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # noqa: ANN001
     api.settings.heartbeat_interval = 0.1
-    config = {**CONFIG, "num_draws": 3000}
+    # Long enough that dropping connections every 0.1 s hits it several times even on a fast, idle machine.
+    config = {**CONFIG, "num_draws": 10000}
     job_id = submit(api, seeded, config=config)
     outcome: list = []
     runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings=api.settings)))
     runner.start()
     killed = 0
-    while runner.is_alive():  # drop every connection twice a second until the job ends
+    while runner.is_alive():  # drop every connection ten times a second until the job ends
         killed += terminate_connections(api.settings.database_url)
-        time.sleep(0.5)
+        time.sleep(0.1)
     runner.join()
     assert killed >= 3, "the job ended before its connections were dropped: make it longer"
     assert outcome[0].status == "succeeded", outcome
 
     job = api.get(f"/v1/jobs/{job_id}").json()
-    assert (job["status"], job["attempts"], job["draws_done"]) == ("succeeded", 1, 3000)
+    assert (job["status"], job["attempts"], job["draws_done"]) == ("succeeded", 1, 10000)
     with session_scope(api.settings) as session:
         chains = session.scalars(select(JobChain).where(JobChain.job_id == job_id)).all()
-        assert sorted(c.chain for c in chains) == [0, 1] and all(c.num_draws == 3000 for c in chains)
-        # Every series of every chain covers draws 0..2999 exactly once: no duplicate or missing chunk.
+        assert sorted(c.chain for c in chains) == [0, 1] and all(c.num_draws == 10000 for c in chains)
+        # Every series of every chain covers draws 0..9999 exactly once: no duplicate or missing chunk.
         chunks = session.execute(select(TraceChunk.chain, TraceChunk.series, TraceChunk.start_draw,
                                         TraceChunk.num_draws).where(TraceChunk.job_id == job_id)).all()
     covered: dict[tuple[int, str], list[tuple[int, int]]] = {}
@@ -84,10 +85,10 @@ def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # 
         covered.setdefault((chain, series), []).append((start, n))
     for key, spans in covered.items():
         spans.sort()
-        assert spans[0][0] == 0 and sum(n for _, n in spans) == 3000, key
+        assert spans[0][0] == 0 and sum(n for _, n in spans) == 10000, key
         assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:], strict=False)), key
     traces = api.get(f"/v1/jobs/{job_id}/traces").json()
-    assert (traces["num_chains"], traces["num_draws"]) == (2, 3000)
+    assert (traces["num_chains"], traces["num_draws"]) == (2, 10000)
 
 
 def test_a_database_that_is_down_answers_503_with_json(tmp_path):  # noqa: ANN001
