@@ -6,8 +6,9 @@
 A pure library (torch + numpy). See docs/estimator.md.
 """
 
+from .calibrate import CalibrationResult, calibrate
 from .config import LLCConfig
 from .llc import estimate_llc
 from .result import LLCResult, ProgressEvent
 
-__all__ = ["LLCConfig", "LLCResult", "ProgressEvent", "estimate_llc"]
+__all__ = ["CalibrationResult", "LLCConfig", "LLCResult", "ProgressEvent", "calibrate", "estimate_llc"]

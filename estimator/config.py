@@ -52,7 +52,7 @@ class LLCConfig:
     epsilon: float | None = None
     gamma: float | None = None
     nbeta: float | None = None
-    num_chains: int = 4
+    num_chains: int = 8
     num_draws: int | None = None
     num_burnin_steps: int | None = None
     num_steps_bw_draws: int = 1

@@ -42,13 +42,17 @@ def chunk_size(run: _Run) -> int:
     return max(1, min(run.C, (1 << 30) // max(1, bytes_per_chain)))
 
 
+# Rademacher probes per Hutchinson estimate of the Hessian trace at the chains (one HVP each).
+TRACE_PROBES = 4
+# λ̂ below this is treated as this when sizing ε from the bias formula (avoids ε -> 0 near λ̂ = 0).
+LLC_FLOOR = 0.1
 # ε·a_max/4 at the largest curvature met stays below this in sampling (quadratic instability at 1).
 STABILITY_MARGIN = 0.25
 # ... and below this in the exploration stage.
 EXPLORE_STABILITY = 0.5
 # Warm-up with the automatic step size (see _Run._burnin).
 EXPLORE_FACTOR = 10.0  # exploration step = 10 × the sampling ε (bias ~10 %, far from instability)
-EXPLORE_RELAXATIONS = 1.0  # exploration length in relaxation times 2/(ε_step γ) of the flattest direction
+EXPLORE_RELAXATIONS = 0.5  # exploration length in relaxation times 2/(ε_step γ) of the flattest direction
 MIN_EXPLORE = 500
 MAX_EXPLORE = 20_000
 EXPLORE_FRACTION = 0.7  # share of an explicit num_burnin_steps spent exploring
@@ -78,7 +82,7 @@ def fixed_epsilon_burnin(epsilon: float, gamma: float) -> int:
 # predicted from the settle stage (which runs at the sampling ε), within bounds.
 PRECISION = 0.01
 MIN_DRAWS = 1000
-MAX_DRAWS = 20_000
+MAX_DRAWS = 10_000
 PROVISIONAL_DRAWS = 2000
 DRAWS_SAFETY = 2.0  # a short window underestimates the autocorrelation time
 

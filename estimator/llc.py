@@ -214,6 +214,11 @@ class _Run:
         self.h_seen = self.h_star
         self.h_typ = self.h_star
         self.h_typ_history: list[tuple[int, float]] = []
+        # Mean Hessian trace at the chains (Hutchinson) and the running λ̂ of warm-up.
+        self.trace_typ: float | None = None
+        self.trace_history: list[tuple[int, float]] = []
+        self.llc_warm: float | None = None
+        self.block_history: list[tuple[int, float]] = []
         if cfg.epsilon is None:
             self._probe_initial_curvature()
         self.epsilon = (
@@ -361,14 +366,22 @@ class _Run:
         self.sampler = module.build(self.step_epsilon, self.gamma, self.nbeta, {"w": self.flat.w_star})
 
     def _epsilon_for(self, h_typ: float, h_max: float | None = None) -> float:
-        """The sampling step size.
+        """The sampling step size for the curvature known so far.
 
-        Accuracy: the quadratic bias factor 1/(1 - εa/4) at the chains' typical top curvature
-        a = nβ h_typ + γ equals 1 + target_bias. Stability: ε a_max / 4 stays below
-        STABILITY_MARGIN at the largest curvature any chain has met.
+        Accuracy, quadratic model: SGLD inflates the variance along an eigen-direction of curvature
+        a = nβ h + γ by 1/(1 - εa/4), which adds ≈ ε nβ h / 8 to λ̂. Summed over directions the
+        bias is ≈ (ε/8) nβ tr(H), so ε = 8 · target_bias · λ̂ / (nβ tr H) keeps the relative bias at
+        target_bias. Once warm-up has measured the chains' mean Hessian trace (Hutchinson) and a
+        running λ̂, that rule is used; before, the isotropic special case ε = 4 · target_bias /
+        (nβ h_top + γ) with the top eigenvalue. Stability: ε a_max / 4 ≤ STABILITY_MARGIN at the
+        largest curvature any chain has met.
         """
-        t = self.config.target_bias
-        by_bias = 4.0 * (t / (1.0 + t)) / (self.nbeta * max(h_typ, 0.0) + self.gamma)
+        t = self.config.target_bias / (1.0 + self.config.target_bias)
+        by_bias = 4.0 * t / (self.nbeta * max(h_typ, 0.0) + self.gamma)
+        if self.trace_typ is not None and self.llc_warm is not None:
+            trace = max(self.trace_typ, h_typ)
+            if trace > 0:
+                by_bias = 8.0 * t * max(self.llc_warm, defaults.LLC_FLOOR) / (self.nbeta * trace)
         h_max = h_typ if h_max is None else h_max
         by_stability = 4.0 * defaults.STABILITY_MARGIN / (self.nbeta * max(h_max, 0.0) + self.gamma)
         return min(by_bias, by_stability)
@@ -426,16 +439,19 @@ class _Run:
             h = max(self.h_star, math.sqrt(max(h, 1e-30) * found) if h > 0 else found)
         self.h_seen = self.h_typ = max(h, self.h_star)
 
-    def _measure_chain_curvature(self) -> tuple[float, float]:
-        """(max, mean) over chains of the top curvature at their positions (warm-started power iteration)."""
+    def _measure_chain_curvature(self) -> tuple[float, float, float]:
+        """(max, mean) over chains of the top curvature at their positions (warm-started power
+        iteration), and the chains' mean Hessian trace (Hutchinson, Rademacher probes)."""
         rows = sum(chunk.w.shape[0] for chunk in self.chunks)
         if self.chain_curv_vec is None or self.chain_curv_vec.shape[0] != rows:
             # Start vectors for all chains in one draw, so chunking cannot change them.
             self.chain_curv_vec = torch.randn(
                 (rows, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype
             )
-        values = []
-        vecs = []
+        probes = defaults.TRACE_PROBES
+        signs = torch.randint(0, 2, (probes, rows, self.P), generator=self.aux_gen, device=self.device)
+        signs = signs.to(self.dtype).mul_(2).sub_(1)
+        values, vecs, traces = [], [], []
         offset = 0
         for chunk in self.chunks:
             k = chunk.w.shape[0]
@@ -443,10 +459,15 @@ class _Run:
             hk, vk = self._top_curvature(chunk.w, v0, iters=defaults.WARMUP_POWER_ITERS)
             values.append(hk)
             vecs.append(vk)
+            trace = torch.zeros(k, dtype=torch.float64, device=self.device)
+            for p in range(probes):
+                z = signs[p, offset : offset + k]
+                trace += (z * self.kernels.hvp(chunk.w, z, self.curv_x, self.curv_y)).sum(dim=1).double()
+            traces.append(trace / probes)
             offset += k
         self.chain_curv_vec = torch.cat(vecs)
         h = torch.cat(values).double()
-        return float(h.max()), float(h.mean())
+        return float(h.max()), float(h.mean()), float(torch.cat(traces).mean())
 
     # ------------------------------------------------------------------ stepping
     def _fill_noise(self, chunk: _Chunk) -> None:
@@ -576,6 +597,9 @@ class _Run:
                     self.block_losses[:since_check] if exploring else self.settle_losses[t - since_check : t]
                 )
                 bad = self._bad_chains(recorded, t - since_check)
+                block_mean = float(recorded.nanmean())
+                if not bad and math.isfinite(block_mean):
+                    self.block_history.append((self.steps_done, block_mean))
                 since_check = 0
                 planned = (self._explore_length(explicit) if exploring else self.explore_steps) + (
                     self._settle_length(explicit) if not exploring or explicit else 0
@@ -629,17 +653,21 @@ class _Run:
         self._build_sampler()
 
     def _adapt_epsilon(self, exploring: bool) -> None:
-        """Measure the curvature at the chains and re-derive ε (it only ever shrinks)."""
-        h_max, h_mean = self._measure_chain_curvature()
+        """Measure the curvature at the chains and re-derive ε from it and the running λ̂."""
+        h_max, h_mean, trace = self._measure_chain_curvature()
         self.curvature_checks += 1
         if not (math.isfinite(h_max) and math.isfinite(h_mean)):
             return
         self.h_seen = max(self.h_seen, h_max)
+        # Typical values once the chains have spread: means over the checks (and loss blocks) of the
+        # later half of warm-up so far; early ones see chains still bunched at w*.
         self.h_typ_history.append((self.steps_done, h_mean))
-        # The typical curvature of the chains once they have spread: the mean over the checks of
-        # the later half of warm-up so far (early checks see chains still bunched at w*).
-        recent = [h for step, h in self.h_typ_history if step >= self.steps_done / 2]
-        self.h_typ = max(self.h_typ, sum(recent) / len(recent))
+        self.h_typ = _recent_mean(self.h_typ_history, self.steps_done)
+        if math.isfinite(trace):
+            self.trace_history.append((self.steps_done, trace))
+            self.trace_typ = _recent_mean(self.trace_history, self.steps_done)
+        if self.block_history:
+            self.llc_warm = self.nbeta * (_recent_mean(self.block_history, self.steps_done) - self.init_loss)
         self._set_step_epsilon(exploring)
 
     def _restart_burnin(self, bad: list[int]) -> None:
@@ -754,7 +782,8 @@ class _Run:
         chunk.state = _select_state(chunk.state, index, old_w.shape[0], {"w": chunk.w})
 
     def _suggested_epsilon(self) -> float:
-        by_curvature = self._epsilon_for(self.h_seen)
+        t = self.config.target_bias / (1.0 + self.config.target_bias)
+        by_curvature = 4.0 * t / (self.nbeta * self.h_seen + self.gamma)
         return float(min(self.step_epsilon / 10.0, by_curvature))
 
     def _note(self, code: str, message: str, chain: int | None = None) -> None:
@@ -779,6 +808,12 @@ class _Run:
         )
         if self.progress(event) is False:
             raise _Stopped
+
+
+def _recent_mean(history: list[tuple[int, float]], now: int) -> float:
+    """Mean of the values recorded in the later half of the steps so far (all of them if none)."""
+    recent = [value for step, value in history if step >= now / 2] or [value for _, value in history]
+    return sum(recent) / len(recent)
 
 
 def _select_state(state: Any, index: torch.Tensor, rows: int, params: dict[str, torch.Tensor]) -> Any:

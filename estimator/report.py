@@ -99,6 +99,13 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         "top_hessian_eigenvalue_at_w_star": run.h_star,
         "top_hessian_eigenvalue_seen": run.h_seen,
         "top_hessian_eigenvalue_typical": run.h_typ,
+        "hessian_trace_typical": run.trace_typ,
+        "warmup_llc": run.llc_warm,
+        "predicted_relative_bias": (
+            run.epsilon * run.nbeta * run.trace_typ / 8 / max(run.llc_warm, defaults.LLC_FLOOR)
+            if run.trace_typ is not None and run.llc_warm is not None
+            else None
+        ),
         "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma),
         "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma),
         "burnin_restarts": run.burnin_restarts,
