@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/validate.py                 # full battery, writes docs/validation.md
     .venv/bin/python bench/validate.py --quick         # a few cases, no file written
-    .venv/bin/python bench/validate.py --line-dot-seeds 20
+    .venv/bin/python bench/validate.py --line-dot-seeds 20   # more seeds for the ordering test
 
 Every case runs ``estimate_llc(model, data, loss="mse", config=LLCConfig(seed=seed))``: defaults
 only, no per-case tuning. The cases are noise-free teacher problems (estimator/validation_cases.py)
@@ -139,7 +139,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a few fast cases; no docs written")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--line-dot-seeds", type=int, default=20)
+    parser.add_argument("--line-dot-seeds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on 1)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "validation.md")
     args = parser.parse_args()

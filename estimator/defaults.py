@@ -10,6 +10,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Samples of the fixed batch on which Hessian-vector products (curvature) are computed.
 CURVATURE_SAMPLES = 2048
+# Power-iteration steps for the top Hessian eigenvalue at w* (automatic ε only).
+POWER_ITERS_AT_W_STAR = 20
 # Power-iteration steps per curvature check during warm-up (warm-started from the previous vector).
 WARMUP_POWER_ITERS = 8
 # Steps between divergence checks / progress reports (one host sync each).
@@ -108,11 +110,32 @@ def num_draws(run: _Run) -> int:
     return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(draws))))
 
 
+# Draw the next step's noise on a background thread when a chunk's noise is at least this many numbers
+# (below that the thread hand-off costs more than the draw). CPU only: on GPU, normal_ is asynchronous.
+PREFETCH_MIN_ELEMENTS = 100_000
+
+
+# chain_mode="auto": time vmap against one-chain-at-a-time on CPU for models this large, and run
+# sequentially when that is faster by this factor.
+TIMING_MIN_PARAMS = 10_000
+SEQUENTIAL_IF_FASTER = 0.9
+
+
+def time_chain_modes(run: _Run) -> bool:
+    return run.device.type == "cpu" and run.C > 1 and run.P >= TIMING_MIN_PARAMS
+
+
+def prefetch_noise(run: _Run) -> bool:
+    return run.device.type == "cpu" and run.chunk_size * run.P >= PREFETCH_MIN_ELEMENTS
+
+
 def mala_every(sampling_steps: int, sampler: str) -> int | None:
-    """Measure the MALA acceptance on ~1-2 % of sampling steps (at least 4 of them), not for SGNHT."""
-    if sampler == "sgnht" or sampling_steps < 4:
+    """Measure the MALA acceptance on ~1 % of sampling steps (at most 100, at least one when there
+    are 20 or more steps); not for SGNHT, whose proposal is not a Langevin step."""
+    if sampler == "sgnht" or sampling_steps < 20:
         return None
-    return max(50, sampling_steps // 64) if sampling_steps >= 200 else max(1, sampling_steps // 4)
+    evaluations = min(100, max(1, sampling_steps // 100))
+    return sampling_steps // evaluations
 
 
 def explosion_margin(num_params: int) -> float:

@@ -21,6 +21,7 @@ divergence checks, stops) sees all chains at the same step and results do not de
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import time
@@ -140,7 +141,9 @@ class _Chunk:
     perms: torch.Tensor | None  # (chains, n): this epoch's minibatch order of each chain
     data_gens: list[torch.Generator]
     noise_gens: list[torch.Generator]
-    noise: torch.Tensor  # (chains, P) scratch for the step's noise
+    noise: torch.Tensor  # (chains, P): this step's noise
+    spare: torch.Tensor | None = None  # (chains, P): the next step's noise, filled in the background
+    pending: Any = None  # the background fill of ``spare`` (a Future), when prefetching
 
 
 class _Run:
@@ -185,9 +188,20 @@ class _Run:
         self.diverged: dict[int, dict[str, Any]] = {}
         # One independent stream for the run's own choices (curvature probes), one pair per chain.
         self.seed_children = np.random.SeedSequence(config.seed).spawn(1 + self.C)
+        self.noise_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.chunks: list[_Chunk] = []
 
     # ------------------------------------------------------------------ top level
     def execute(self) -> LLCResult:
+        try:
+            return self._execute()
+        finally:
+            if self.noise_pool is not None:
+                for chunk in self.chunks:
+                    self._settle_noise(chunk)
+                self.noise_pool.shutdown(wait=True)
+
+    def _execute(self) -> LLCResult:
         cfg = self.config
         t0 = time.perf_counter()
         self.init_loss, self.init_loss_samples = self._init_loss()
@@ -203,16 +217,23 @@ class _Run:
         aux.manual_seed(int(self.seed_children[0].generate_state(1)[0]))
         self.aux_gen = aux
         self.curv_x, self.curv_y = self._curvature_batch()
-        h_star, _ = self._top_curvature(self.flat.w_star.unsqueeze(0), None, iters=20)
-        self.h_star = float(h_star[0])
-        if not math.isfinite(self.h_star):
-            raise ValueError(
-                "the Hessian of the loss at the given weights is not finite; check the model and loss"
+        if cfg.epsilon is None:
+            h_star, _ = self._top_curvature(
+                self.flat.w_star.unsqueeze(0), None, iters=defaults.POWER_ITERS_AT_W_STAR
             )
+            self.h_star = float(h_star[0])
+            if not math.isfinite(self.h_star):
+                raise ValueError(
+                    "the Hessian of the loss at the given weights is not finite; check the model and loss"
+                )
+        else:
+            # A given ε needs no curvature: skip the Hessian-vector products (they cost more than
+            # a short run's sampling on large models). Curvature diagnostics are then absent.
+            self.h_star = float("nan")
         # Largest top curvature met anywhere (bounds ε for stability) and the chains' typical one
         # (their mean top curvature: the quadratic bias is linear in it, so it sets ε for accuracy).
-        self.h_seen = self.h_star
-        self.h_typ = self.h_star
+        self.h_seen = self.h_star if cfg.epsilon is None else 0.0
+        self.h_typ = self.h_seen
         self.h_typ_history: list[tuple[int, float]] = []
         # Mean Hessian trace at the chains (Hutchinson) and the running λ̂ of warm-up.
         self.trace_typ: float | None = None
@@ -228,6 +249,10 @@ class _Run:
         self.curvature_checks = 0
         self.timings["curvature_s"] = time.perf_counter() - t0
 
+        if defaults.prefetch_noise(self):
+            self.noise_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="llc-noise"
+            )
         self._make_chunks()
         # With automatic burn-in the length is decided during warm-up; total_steps is updated then.
         self.num_burnin = cfg.num_burnin_steps if cfg.num_burnin_steps is not None else 0
@@ -274,7 +299,9 @@ class _Run:
             gen = torch.Generator().manual_seed(self.config.seed)
             idx = torch.randperm(self.n, generator=gen)[:MAX_INIT_LOSS_SAMPLES].to(self.device)
             count = MAX_INIT_LOSS_SAMPLES
-        eval_batch = max(self.batch_size if self.config.batch_size else 0, 4096)
+        # As many samples per evaluation as one vectorised step of all chains holds (no more
+        # activation memory than sampling; independent of chunking, so the result is too).
+        eval_batch = max(1, self.batch_size * self.C)
         if self.static_batch is not None:
             # A static-batch export: whole batches only (the last n mod b samples are left out, stated).
             eval_batch = self.static_batch
@@ -317,6 +344,8 @@ class _Run:
             )
             if self.chunk_size < self.C:
                 self.chain_mode_reason += f"; chains run in chunks of {self.chunk_size} to bound memory"
+            elif mode == "auto" and defaults.time_chain_modes(self):
+                self._pick_faster_mode()
             return
         self.chain_mode = "sequential"
         self.chunk_size = 1
@@ -325,6 +354,36 @@ class _Run:
             "vmap_unavailable",
             f"chains ran sequentially because torch.func.vmap failed on this model: {failure}",
         )
+
+    def _pick_faster_mode(self) -> None:
+        """Time one vectorised step of all chains against one-chain-at-a-time calls of the same
+        kernel and keep the faster (results are bit-identical either way). On CPU, vmapped
+        convolutions with per-chain weights can be slower than separate calls."""
+        m = self.static_batch or self.batch_size
+        w = self.flat.w_star.unsqueeze(0).expand(self.C, -1).clone()
+        xb = self.x[:m].unsqueeze(0).expand(self.C, *self.x[:m].shape)
+        yb = self.y[:m].unsqueeze(0).expand(self.C, *self.y[:m].shape)
+
+        def together():
+            self.kernels.grad_and_loss(w, xb, yb, False)
+
+        def one_by_one():
+            for c in range(self.C):
+                self.kernels.grad_and_loss(w[c : c + 1], xb[c : c + 1], yb[c : c + 1], False)
+
+        vmap_s, seq_s = _time_call(together), _time_call(one_by_one)
+        self.timings["chain_mode_probe_s"] = 3 * (vmap_s + seq_s)
+        if seq_s < defaults.SEQUENTIAL_IF_FASTER * vmap_s:
+            self.chain_mode = "sequential"
+            self.chunk_size = 1
+            self.chain_mode_reason = (
+                f"auto: one chain at a time was faster on this device ({seq_s * 1e3:.1f} ms vs "
+                f"{vmap_s * 1e3:.1f} ms per step for all chains vectorised); same kernel, bit-identical results"
+            )
+        else:
+            self.chain_mode_reason += (
+                f" (vectorised step {vmap_s * 1e3:.1f} ms vs {seq_s * 1e3:.1f} ms one by one)"
+            )
 
     def _curvature_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.static_batch or min(self.n, defaults.CURVATURE_SAMPLES)
@@ -335,7 +394,7 @@ class _Run:
 
     def _make_chunks(self) -> None:
         seeds = self.seed_children[1:]
-        self.chunks: list[_Chunk] = []
+        self.chunks = []
         for start in range(0, self.C, self.chunk_size):
             chains = list(range(start, min(self.C, start + self.chunk_size)))
             data_gens, noise_gens = [], []
@@ -395,6 +454,20 @@ class _Run:
         return (self.num_draws - 1) * self.config.num_steps_bw_draws + 1 if self.num_draws > 0 else 0
 
     # ------------------------------------------------------------------ curvature
+    def _hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Hessian-vector products on the curvature batch, in sub-batches of at most batch_size
+        samples (memory bounded by one step's activations), weighted into the batch mean."""
+        total = self.curv_x.shape[0]
+        size = self.static_batch or max(1, self.batch_size)
+        if size >= total:
+            return self.kernels.hvp(w, v, self.curv_x, self.curv_y)
+        out = torch.zeros_like(w)
+        for start in range(0, total - (total % size if self.static_batch else 0), size):
+            stop = min(total, start + size)
+            part = self.kernels.hvp(w, v, self.curv_x[start:stop], self.curv_y[start:stop])
+            out.add_(part, alpha=(stop - start) / total)
+        return out
+
     def _top_curvature(
         self, w: torch.Tensor, v0: torch.Tensor | None, iters: int
     ) -> tuple[float, torch.Tensor]:
@@ -406,7 +479,7 @@ class _Run:
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
         eig = torch.zeros(w.shape[0], device=self.device, dtype=self.dtype)
         for _ in range(iters):
-            hv = self.kernels.hvp(w, v, self.curv_x, self.curv_y)
+            hv = self._hvp(w, v)
             eig = (v * hv).sum(dim=1)
             norm = hv.norm(dim=1, keepdim=True)
             if not bool(torch.isfinite(norm).all()):
@@ -462,7 +535,7 @@ class _Run:
             trace = torch.zeros(k, dtype=torch.float64, device=self.device)
             for p in range(probes):
                 z = signs[p, offset : offset + k]
-                trace += (z * self.kernels.hvp(chunk.w, z, self.curv_x, self.curv_y)).sum(dim=1).double()
+                trace += (z * self._hvp(chunk.w, z)).sum(dim=1).double()
             traces.append(trace / probes)
             offset += k
         self.chain_curv_vec = torch.cat(vecs)
@@ -471,8 +544,27 @@ class _Run:
 
     # ------------------------------------------------------------------ stepping
     def _fill_noise(self, chunk: _Chunk) -> None:
-        for i, gen in enumerate(chunk.noise_gens):
-            chunk.noise[i].normal_(generator=gen)
+        """Put this step's standard normal noise (one row per chain) in ``chunk.noise``.
+
+        Each chain's noise generator is consumed in the same order whether or not noise is
+        prefetched: with prefetching (large models on CPU) the next step's rows are drawn on a
+        second thread while this step's forward/backward runs (torch releases the GIL inside
+        ops), double-buffered, so results stay bit-identical.
+        """
+        if chunk.pending is None:
+            _draw_normals(chunk.noise, chunk.noise_gens)
+        else:
+            chunk.pending.result()
+            chunk.noise, chunk.spare = chunk.spare, chunk.noise
+        if self.noise_pool is not None:
+            if chunk.spare is None:
+                chunk.spare = torch.empty_like(chunk.noise)
+            chunk.pending = self.noise_pool.submit(_draw_normals, chunk.spare, chunk.noise_gens)
+
+    def _settle_noise(self, chunk: _Chunk) -> None:
+        """Wait for a background fill (before the chunk's rows or generators change)."""
+        if chunk.pending is not None:
+            chunk.pending.result()
 
     def _next_batch_position(self) -> int:
         """Start of this step's minibatch in every chain's current permutation (all chains in lockstep)."""
@@ -515,7 +607,9 @@ class _Run:
         eps = self.step_epsilon
 
         def energy(w, loss):
-            return self.nbeta * loss.double() + 0.5 * self.gamma * (w - w_star).double().pow(2).sum(1)
+            return self.nbeta * loss.double() + 0.5 * self.gamma * (w - w_star).pow(2).sum(
+                1, dtype=torch.float64
+            )
 
         def grad_energy(w, g):
             return self.nbeta * g + self.gamma * (w - w_star)
@@ -524,9 +618,9 @@ class _Run:
             step = grad_energy(frm, g_frm)
             if m is None:
                 diff = to - frm + 0.5 * eps * step
-                return -(diff.double().pow(2)).sum(1) / (2 * eps)
+                return -diff.pow(2).sum(1, dtype=torch.float64) / (2 * eps)
             diff = to - frm + 0.5 * eps * m * step
-            return -(diff.double().pow(2) / m.double()).sum(1) / (2 * eps)
+            return -(diff.pow(2) / m).sum(1, dtype=torch.float64) / (2 * eps)
 
         log_alpha = (
             energy(w_old, losses)
@@ -747,14 +841,19 @@ class _Run:
                 "draws_done": int(min(draws, self.num_draws)),
                 "suggested_epsilon": suggestion,
             }
+            if self.config.epsilon is None:
+                curvature = (
+                    f" (top Hessian eigenvalue seen ≈ {self.h_seen:.3g}, so ε·(nβ·h + γ)/4 = "
+                    f"{self.step_epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g})"
+                )
+            else:
+                curvature = ""
             self._note(
                 "diverged",
                 (
                     f"chain {c} diverged during {phase} at step {step} (loss became non-finite or exploded): "
-                    f"the step size ε = {self.step_epsilon:.3g} is too large for the curvature the chain met "
-                    f"(top Hessian eigenvalue seen ≈ {self.h_seen:.3g}, so ε·(nβ·h + γ)/4 = "
-                    f"{self.step_epsilon * (self.nbeta * self.h_seen + self.gamma) / 4:.3g}); "
-                    f"try epsilon ≤ {suggestion:.3g}"
+                    f"the step size ε = {self.step_epsilon:.3g} is too large for the curvature the chain met"
+                    f"{curvature}; try epsilon ≤ {suggestion:.3g}"
                 ),
                 chain=c,
             )
@@ -769,12 +868,17 @@ class _Run:
             raise _AllDiverged
 
     def _select_rows(self, chunk: _Chunk, keep: list[int]) -> None:
+        self._settle_noise(chunk)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         old_w = chunk.w
         chunk.chains = [chunk.chains[i] for i in keep]
         chunk.rows = chunk.rows[index]
         chunk.w = old_w[index].clone()
         chunk.noise = chunk.noise[index].clone()
+        if chunk.spare is not None:
+            chunk.spare = chunk.spare[index].clone()
+            if chunk.pending is not None:
+                chunk.pending = _Ready()
         chunk.data_gens = [chunk.data_gens[i] for i in keep]
         chunk.noise_gens = [chunk.noise_gens[i] for i in keep]
         if chunk.perms is not None:
@@ -782,6 +886,8 @@ class _Run:
         chunk.state = _select_state(chunk.state, index, old_w.shape[0], {"w": chunk.w})
 
     def _suggested_epsilon(self) -> float:
+        if self.config.epsilon is not None or not self.h_seen > 0:
+            return float(self.step_epsilon / 10.0)
         t = self.config.target_bias / (1.0 + self.config.target_bias)
         by_curvature = 4.0 * t / (self.nbeta * self.h_seen + self.gamma)
         return float(min(self.step_epsilon / 10.0, by_curvature))
@@ -808,6 +914,27 @@ class _Run:
         )
         if self.progress(event) is False:
             raise _Stopped
+
+
+def _time_call(fn: Callable[[], Any], repeats: int = 2) -> float:
+    fn()  # warm-up (first-call dispatch and allocation)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def _draw_normals(out: torch.Tensor, generators: list[torch.Generator]) -> None:
+    for row, gen in zip(out, generators, strict=True):
+        row.normal_(generator=gen)
+
+
+class _Ready:
+    """A finished background fill (the spare buffer already holds the next step's noise)."""
+
+    @staticmethod
+    def result() -> None:
+        return None
 
 
 def _recent_mean(history: list[tuple[int, float]], now: int) -> float:

@@ -33,6 +33,7 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
     cfg = run.config
     C = run.C
     bw = cfg.num_steps_bw_draws
+    auto = cfg.epsilon is None
     losses = run.sample_losses.cpu().numpy()  # (steps, chains)
     steps_done = run.sample_steps_done
     draws = losses[:steps_done:bw].T.copy()  # (chains, draws done)
@@ -97,8 +98,8 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         "divergences": [run.diverged[c] for c in sorted(run.diverged)],
         "plateau": plateau,
         "top_hessian_eigenvalue_at_w_star": run.h_star,
-        "top_hessian_eigenvalue_seen": run.h_seen,
-        "top_hessian_eigenvalue_typical": run.h_typ,
+        "top_hessian_eigenvalue_seen": run.h_seen if auto else None,
+        "top_hessian_eigenvalue_typical": run.h_typ if auto else None,
         "hessian_trace_typical": run.trace_typ,
         "warmup_llc": run.llc_warm,
         "predicted_relative_bias": (
@@ -106,8 +107,9 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
             if run.trace_typ is not None and run.llc_warm is not None
             else None
         ),
-        "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma),
-        "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma),
+        # Curvature facts exist only with the automatic ε (a given ε skips the Hessian passes).
+        "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma) if auto else None,
+        "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma) if auto else None,
         "burnin_restarts": run.burnin_restarts,
         "warnings": warnings,
     }
