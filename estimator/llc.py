@@ -299,6 +299,10 @@ class _Run:
             gen = torch.Generator().manual_seed(self.config.seed)
             idx = torch.randperm(self.n, generator=gen)[:MAX_INIT_LOSS_SAMPLES].to(self.device)
             count = MAX_INIT_LOSS_SAMPLES
+            self._note(
+                "init_loss_subsample",
+                f"L_n(w*) was computed on a fixed random subsample of {count:,} of the {self.n:,} samples",
+            )
         # As many samples per evaluation as one vectorised step of all chains holds (no more
         # activation memory than sampling; independent of chunking, so the result is too).
         eval_batch = max(1, self.batch_size * self.C)

@@ -5,6 +5,8 @@ Warning codes (each a dict ``{"code", "message", "chain"}``):
 - ``diverged``: a chain's loss went non-finite or exploded; it stopped, the others report.
 - ``burnin_restart``: warm-up restarted with a smaller ε after a blow-up (informational).
 - ``vmap_unavailable``: chains ran sequentially (slower, same numbers).
+- ``init_loss_subsample``: n > 2,000,000, so L_n(w*) used a fixed random subsample (stated).
+- ``static_batch``: a torch.export module with a fixed batch size forced ``batch_size``.
 - ``rhat_high``: split R-hat of the loss trace above ``rhat_threshold``: chains disagree.
 - ``ess_low``: bulk ESS of the loss trace below ``min_ess``: the estimate is noisy.
 - ``mala_acceptance``: MALA acceptance of the proposals outside ``mala_band``.

@@ -346,3 +346,13 @@ def test_divergence_with_noise_prefetch_is_bit_identical(monkeypatch):
     prefetched = run()
     assert plain.diagnostics["diverged_chains"] and len(plain.diagnostics["diverged_chains"]) < 8
     np.testing.assert_array_equal(plain.loss_trace, prefetched.loss_trace)
+
+
+def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
+    import estimator.llc as llc_module
+
+    model, x, y = classifier
+    monkeypatch.setattr(llc_module, "MAX_INIT_LOSS_SAMPLES", 100)
+    result = estimate_llc(model, (x, y), config=QUICK)
+    assert result.init_loss_samples == 100 and result.n == 256
+    assert any(w["code"] == "init_loss_subsample" for w in result.warnings)
