@@ -222,14 +222,14 @@ def run_job(
 
 
 def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor, device: str | None) -> Any:
-    with session_scope(settings) as session:
+    def read_inputs(session: Any) -> tuple[Any, Any, dict[str, Any], str]:
         job = session.get(Job, job_id)
-        checkpoint = session.get(Checkpoint, job.checkpoint_id)
-        dataset = session.get(Dataset, job.dataset_id)
-        if checkpoint is None or dataset is None:
-            raise StepError("loading", LookupError("the job's checkpoint or dataset was deleted"))
-        config = dict(job.config or {})
-        loss = job.loss
+        return session.get(Checkpoint, job.checkpoint_id), session.get(Dataset, job.dataset_id), dict(job.config or {}), job.loss
+
+    # A read, so safe to retry when the connection drops (as the final writes are).
+    checkpoint, dataset, config, loss = in_transaction(settings, f"job {job_id}: reading its inputs", read_inputs)
+    if checkpoint is None or dataset is None:
+        raise StepError("loading", LookupError("the job's checkpoint or dataset was deleted"))
 
     try:
         import torch  # noqa: F401 - first use of torch in this process: after any fork
