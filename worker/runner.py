@@ -173,24 +173,31 @@ def run_job(
     worker_name = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
     device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
 
-    with session_scope(settings) as session:
+    def claim(session: Any) -> tuple[str, int | None, str]:
+        """(job id, attempt or None, why not claimable)."""
         if fair:
             claimed = lifecycle.claim_next_fair(session, worker_name)
             if claimed is None:
-                log.info("no queued job to run (token for job %s); nothing to do", job_id)
-                return JobOutcome(job_id, "skipped", "nothing queued")
-            if claimed[0] != job_id:
-                log.info("token for job %s runs job %s, the fairest queued job", job_id, claimed[0])
-            job_id, attempt = claimed
-            bind_context(job_id=job_id)
+                return job_id, None, "nothing queued"
+            claimed_id, attempt = claimed
         else:
-            attempt = lifecycle.claim(session, job_id, worker_name)
+            claimed_id, attempt = job_id, lifecycle.claim(session, job_id, worker_name)
         if attempt is None:
-            job = session.get(Job, job_id)
-            state = job.status if job is not None else "missing"
-            log.info("job %s not claimable (status %s); nothing to do", job_id, state)
-            return JobOutcome(job_id, "skipped", state)
-        lifecycle.clear_partial_results(session, job_id)
+            job = session.get(Job, claimed_id)
+            return claimed_id, None, job.status if job is not None else "missing"
+        lifecycle.clear_partial_results(session, claimed_id)
+        return claimed_id, attempt, ""
+
+    # Retried when the connection drops: a rolled-back claim is simply made again; a claim whose
+    # commit landed but whose reply was lost finds the job running, and the reaper re-queues it.
+    hint = job_id
+    job_id, attempt, state = in_transaction(settings, f"job {hint}: claiming", claim)
+    if attempt is None:
+        log.info("job %s not claimable (%s); nothing to do", job_id, state)
+        return JobOutcome(job_id, "skipped", state)
+    if job_id != hint:
+        log.info("token for job %s runs job %s, the fairest queued job", hint, job_id)
+        bind_context(job_id=job_id)
     log.info("job %s: attempt %d claimed by %s", job_id, attempt, worker_name)
 
     monitor = JobMonitor(settings, job_id, attempt, exit_with_parent=exit_with_parent)
