@@ -13,8 +13,8 @@ each devinterp version runs in its own venv under bench/.venvs/ (create them wit
 Inside each subprocess the contender is warmed up with a short untimed call, then timed once; the
 benchmark repeats that ``--repeats`` times, rotating the order of contenders, and reports the median.
 
-Peak memory: ``ru_maxrss`` of the subprocess after sampling minus before (model, data and library
-already loaded), on CPU; ``torch.cuda.max_memory_allocated`` on GPU. The budget it is compared with is
+Peak memory: the timed call's peak RSS (VmHWM, reset through /proc/self/clear_refs after the warm-up
+call) minus the RSS at its start (model, data and library loaded and warmed up), on CPU; ``torch.cuda.max_memory_allocated`` on GPU. The budget it is compared with is
 ``(C + 3) * P * 4`` bytes (C chains of P float32 parameters, plus w*, gradient and noise buffers)
 plus C times the activations one forward/backward at the batch size saves for backward (measured
 with ``torch.autograd.graph.saved_tensors_hooks``).

@@ -76,6 +76,26 @@ def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (VmHWM); the lifetime high-water mark where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max_rss_bytes()
+
+
 def current_rss_bytes() -> int:
     """Resident set size now (VmRSS); the high-water mark where /proc is unavailable."""
     try:
@@ -298,15 +318,17 @@ def main(argv=None) -> int:
         import datasets  # noqa: F401
         import devinterp.slt.llc  # noqa: F401
     warm_up_backend(model, x, y, args)
-    gc.collect()
-    rss_before = current_rss_bytes()
 
-    # Untimed warm-up on a copy (lazy initialisation, allocator, thread pools); then the timed call.
+    # Untimed warm-up call on a copy (lazy imports and initialisation, allocator, thread pools); then
+    # the peak RSS is reset so that the memory figure is the timed call's own peak above its start.
     import copy
 
     if args.warmup_draws > 0:
         runner(copy.deepcopy(model), x, y, args, args.warmup_draws)
     synchronize(args.device)
+    gc.collect()
+    peak_was_reset = reset_peak_rss()
+    rss_before = current_rss_bytes()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
@@ -334,7 +356,8 @@ def main(argv=None) -> int:
         "llc_mean": llc_value,
         "threads": torch.get_num_threads(),
         "rss_before_bytes": rss_before,
-        "rss_peak_bytes": max_rss_bytes(),
+        "rss_peak_bytes": peak_rss_bytes() if peak_was_reset else max_rss_bytes(),
+        "rss_peak_reset": peak_was_reset,
         **extra,
     }
     if args.device.startswith("cuda"):

@@ -115,14 +115,18 @@ def num_draws(run: _Run) -> int:
 PREFETCH_MIN_ELEMENTS = 100_000
 
 
-# chain_mode="auto": time vmap against one-chain-at-a-time on CPU for models this large, and run
-# sequentially when that is faster by this factor.
-TIMING_MIN_PARAMS = 10_000
-SEQUENTIAL_IF_FASTER = 0.9
+# Replay the vectorised kernels as traced aten graphs (functional.TracedKernel); False: always eager.
+TRACE_KERNELS = True
 
 
-def time_chain_modes(run: _Run) -> bool:
-    return run.device.type == "cpu" and run.C > 1 and run.P >= TIMING_MIN_PARAMS
+# chain_mode="auto" on CPU, for a model whose vmapped kernel is not chain-exact: run chains one at a
+# time when params x batch rows reach this (compute-bound: grouped convolutions and cache-bound batched
+# matmuls are slower than per-chain calls); below it per-call overhead dominates and vmap is faster.
+SEQUENTIAL_MIN_WORK = 1 << 24
+
+
+def prefer_sequential(run: _Run) -> bool:
+    return run.device.type == "cpu" and run.P * (run.static_batch or run.batch_size) >= SEQUENTIAL_MIN_WORK
 
 
 def prefetch_noise(run: _Run) -> bool:

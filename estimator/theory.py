@@ -208,9 +208,7 @@ def quadratic_expected_llc(hessian_eigenvalues: Sequence[float], nbeta: float, g
     total = 0.0
     for i, h in enumerate(hessian_eigenvalues):
         if not math.isfinite(h) or h < 0:
-            raise ValueError(
-                f"hessian_eigenvalues[{i}] must be finite and >= 0 (w* a minimiser), got {h}"
-            )
+            raise ValueError(f"hessian_eigenvalues[{i}] must be finite and >= 0 (w* a minimiser), got {h}")
         if h == 0 and gamma == 0:
             raise ValueError(
                 "a zero Hessian eigenvalue with gamma = 0 gives an improper posterior; use gamma > 0"

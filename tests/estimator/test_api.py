@@ -78,30 +78,108 @@ def test_weights_untouched_and_mode_restored(classifier):
     assert not model.training
 
 
-def test_same_seed_bit_identical_across_chain_modes_and_chunking(classifier):
+class _Elementwise(nn.Module):
+    """A per-feature scale and shift: no matmul, so its batched kernels are chain-exact on any BLAS."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, d))
+        self.shift = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return torch.tanh(x * self.scale + self.shift)
+
+
+def test_same_seed_bit_identical_and_chains_independent(classifier):
     model, x, y = classifier
     base = estimate_llc(model, (x, y), config=QUICK)
     again = estimate_llc(model, (x, y), config=QUICK)
-    sequential = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode="sequential"))
-    chunked = estimate_llc(model, (x, y), config=QUICK.replace(max_chains_per_chunk=2))
-    assert sequential.chain_mode == "sequential"
-    assert "chunks of 2" in chunked.chain_mode_reason
-    for other in (again, sequential, chunked):
-        assert np.array_equal(base.loss_trace, other.loss_trace)
-        assert base.llc_mean == other.llc_mean
+    assert np.array_equal(base.loss_trace, again.loss_trace) and base.llc_mean == again.llc_mean
+    # "auto" decides without timing: it is exactly the mode it reports.
+    explicit = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode=base.chain_mode))
+    assert np.array_equal(base.loss_trace, explicit.loss_trace)
     different = estimate_llc(model, (x, y), config=QUICK.replace(seed=4))
     assert not np.array_equal(base.loss_trace, different.loss_trace)
     # Chains are independent: no two chains share a trace.
     assert not np.array_equal(base.loss_trace[0], base.loss_trace[1])
 
 
-def test_automatic_settings_are_deterministic_across_modes(classifier):
-    model, x, y = classifier
-    auto = LLCConfig(seed=1, num_chains=2, num_draws=30, num_burnin_steps=200)
-    a = estimate_llc(model, (x, y), config=auto)
-    b = estimate_llc(model, (x, y), config=auto.replace(chain_mode="sequential"))
+def test_chain_exact_model_is_bit_identical_across_modes_and_chunking():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 6, generator=gen)
+    y = torch.tanh(0.9 * x + 0.1)
+    model = _Elementwise()
+    config = QUICK.replace(num_burnin_steps=40)
+    base = estimate_llc(model, (x, y), loss="mse", config=config)
+    assert base.chain_mode == "vmap" and "bit-identical to chain_mode='sequential'" in base.chain_mode_reason
+    sequential = estimate_llc(model, (x, y), loss="mse", config=config.replace(chain_mode="sequential"))
+    chunked = estimate_llc(model, (x, y), loss="mse", config=config.replace(max_chains_per_chunk=2))
+    assert sequential.chain_mode == "sequential"
+    assert "chunks of 2" in chunked.chain_mode_reason
+    for other in (sequential, chunked):
+        assert np.array_equal(base.loss_trace, other.loss_trace)
+        assert base.llc_mean == other.llc_mean
+    # Automatic settings too (curvature, ε adaptation and warm-up see every chain alike).
+    auto = LLCConfig(seed=1, num_chains=3, num_draws=30, num_burnin_steps=200, batch_size=64)
+    a = estimate_llc(model, (x, y), loss="mse", config=auto)
+    b = estimate_llc(model, (x, y), loss="mse", config=auto.replace(chain_mode="sequential"))
     assert a.epsilon == b.epsilon
     assert np.array_equal(a.loss_trace, b.loss_trace)
+
+
+@pytest.mark.parametrize(
+    ("chain_exact", "params_times_batch", "expected"),
+    [(True, 1 << 30, "vmap"), (False, 1 << 10, "vmap"), (False, 1 << 30, "sequential")],
+)
+def test_auto_chain_mode_rule(classifier, monkeypatch, chain_exact, params_times_batch, expected):
+    """auto: vmap when chain-exact; otherwise sequential on CPU once params x batch is large."""
+    import estimator.defaults as defaults
+    import estimator.llc as llc_module
+
+    real_probe = llc_module.probe_vmap
+
+    def probe(*args, **kwargs):
+        found = real_probe(*args, **kwargs)
+        found.chain_exact = chain_exact
+        return found
+
+    monkeypatch.setattr(llc_module, "probe_vmap", probe)
+    model, x, y = classifier
+    work = sum(p.numel() for p in model.parameters()) * QUICK.batch_size
+    monkeypatch.setattr(defaults, "SEQUENTIAL_MIN_WORK", max(1, work * (1 << 20) // params_times_batch))
+    result = estimate_llc(model, (x, y), config=QUICK)
+    assert result.chain_mode == expected
+    assert ("differ in the last bits" in result.chain_mode_reason) is (not chain_exact)
+    assert "traced aten graph" in result.chain_mode_reason
+
+
+def test_untraceable_kernel_runs_eager_with_the_same_result(classifier, monkeypatch):
+    """When tracing fails (e.g. an op without a fake-tensor rule), the eager kernel runs, and says so."""
+    import estimator.functional as functional
+
+    def refuse(fn, tracing_mode):
+        raise NotImplementedError("no fake-tensor rule for some op")
+
+    model, x, y = classifier
+    traced = estimate_llc(model, (x, y), config=QUICK)
+    monkeypatch.setattr(functional, "make_fx", refuse)
+    eager = estimate_llc(model, (x, y), config=QUICK)
+    assert "eager gradient kernel: tracing failed (NotImplementedError" in eager.chain_mode_reason
+    assert "traced aten graph" in traced.chain_mode_reason
+    assert np.array_equal(traced.loss_trace, eager.loss_trace)
+
+
+def test_traced_kernels_are_bit_identical_to_eager(classifier, monkeypatch):
+    import estimator.defaults as defaults
+
+    model, x, y = classifier
+    config = LLCConfig(seed=1, num_chains=2, num_draws=30, num_burnin_steps=200)  # automatic ε and warm-up
+    traced = estimate_llc(model, (x, y), config=config)
+    monkeypatch.setattr(defaults, "TRACE_KERNELS", False)
+    eager = estimate_llc(model, (x, y), config=config)
+    assert "traced aten graph" in traced.chain_mode_reason
+    assert traced.epsilon == eager.epsilon
+    assert np.array_equal(traced.loss_trace, eager.loss_trace)
 
 
 def test_dataset_input_matches_tensors(classifier):
@@ -297,17 +375,15 @@ def test_export_module_with_static_batch(classifier):
     assert math.isfinite(result.llc_mean)
 
 
-def test_noise_prefetch_and_timed_mode_choice_are_bit_identical(classifier, monkeypatch):
+def test_noise_prefetch_is_bit_identical(classifier, monkeypatch):
     import estimator.defaults as defaults
 
     model, x, y = classifier
     base = estimate_llc(model, (x, y), config=QUICK)
     monkeypatch.setattr(defaults, "PREFETCH_MIN_ELEMENTS", 0)  # background noise thread on
-    monkeypatch.setattr(defaults, "TIMING_MIN_PARAMS", 0)  # time vmap vs one-by-one
     prefetched = estimate_llc(model, (x, y), config=QUICK)
     assert np.array_equal(base.loss_trace, prefetched.loss_trace)
     assert base.llc_mean == prefetched.llc_mean
-    assert "ms" in prefetched.chain_mode_reason  # the timing was done and reported
     # Divergence drops rows while a prefetch is pending: the survivors' noise stays aligned.
     auto = LLCConfig(seed=2, num_chains=3, num_draws=30, num_burnin_steps=100)
     a = estimate_llc(model, (x, y), config=auto)

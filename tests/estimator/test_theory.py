@@ -82,7 +82,13 @@ def test_rrr_equals_two_layer_dln_exhaustively():
             # Multiplicity is 2 exactly in the odd main case.
             assert rrr[1] == (2 if case == "main-odd" else 1), (M, H, N, r)
     # The grid must exercise every branch of the formula, not just the main one.
-    assert set(cases_seen) == {"input-bottleneck", "output-bottleneck", "wide-hidden", "main-even", "main-odd"}
+    assert set(cases_seen) == {
+        "input-bottleneck",
+        "output-bottleneck",
+        "wide-hidden",
+        "main-even",
+        "main-odd",
+    }
     assert min(cases_seen.values()) >= 20
 
 
