@@ -141,9 +141,6 @@ class _Chunk:
     perms: torch.Tensor | None  # (chains, n): this epoch's minibatch order of each chain
     data_gens: list[torch.Generator]
     noise_gens: list[torch.Generator]
-    noise: torch.Tensor  # (chains, P): this step's noise
-    spare: torch.Tensor | None = None  # (chains, P): the next step's noise, filled in the background
-    pending: Any = None  # the background fill of ``spare`` (a Future), when prefetching
 
 
 class _Run:
@@ -197,8 +194,6 @@ class _Run:
             return self._execute()
         finally:
             if self.noise_pool is not None:
-                for chunk in self.chunks:
-                    self._settle_noise(chunk)
                 self.noise_pool.shutdown(wait=True)
 
     def _execute(self) -> LLCResult:
@@ -422,13 +417,16 @@ class _Run:
                 perms=None,
                 data_gens=data_gens,
                 noise_gens=noise_gens,
-                noise=torch.empty_like(w),
             )
             self.chunks.append(chunk)
+        # One noise buffer shared by all chunks: each chunk's noise is drawn, used and done with
+        # within its own part of a step, so memory is one chunk's worth, not C·P.
+        self.noise_buf = torch.empty((self.chunk_size, self.P), device=self.device, dtype=self.dtype)
         self._build_sampler()
         for chunk in self.chunks:
-            self._fill_noise(chunk)
-            chunk.state = self.sampler.init({"w": chunk.w}, {"w": chunk.noise})
+            noise = self._noise_view(chunk)
+            _draw_normals(noise, chunk.noise_gens)
+            chunk.state = self.sampler.init({"w": chunk.w}, {"w": noise})
         self.batch_pos = self.n  # forces a fresh permutation at the first step
 
     def _build_sampler(self) -> None:
@@ -554,28 +552,22 @@ class _Run:
         return float(h.max()), float(h.mean()), float(torch.cat(traces).mean())
 
     # ------------------------------------------------------------------ stepping
-    def _fill_noise(self, chunk: _Chunk) -> None:
-        """Put this step's standard normal noise (one row per chain) in ``chunk.noise``.
+    def _noise_view(self, chunk: _Chunk) -> torch.Tensor:
+        return self.noise_buf[: len(chunk.chains)]
 
-        Each chain's noise generator is consumed in the same order whether or not noise is
-        prefetched: with prefetching (large models on CPU) the next step's rows are drawn on a
-        second thread while this step's forward/backward runs (torch releases the GIL inside
-        ops), double-buffered, so results stay bit-identical.
+    def _draw_noise(self, chunk: _Chunk) -> tuple[torch.Tensor, Any]:
+        """Start drawing this step's standard normal noise for a chunk (one row per chain).
+
+        With prefetching (large models on CPU) the draw runs on a second thread while the chunk's
+        forward/backward runs on this one (torch releases the GIL inside ops); the caller waits on
+        the returned future before the update. Each chain's generator is consumed once per step, in
+        the same order either way, so results are bit-identical with and without the thread.
         """
-        if chunk.pending is None:
-            _draw_normals(chunk.noise, chunk.noise_gens)
-        else:
-            chunk.pending.result()
-            chunk.noise, chunk.spare = chunk.spare, chunk.noise
-        if self.noise_pool is not None:
-            if chunk.spare is None:
-                chunk.spare = torch.empty_like(chunk.noise)
-            chunk.pending = self.noise_pool.submit(_draw_normals, chunk.spare, chunk.noise_gens)
-
-    def _settle_noise(self, chunk: _Chunk) -> None:
-        """Wait for a background fill (before the chunk's rows or generators change)."""
-        if chunk.pending is not None:
-            chunk.pending.result()
+        noise = self._noise_view(chunk)
+        if self.noise_pool is None:
+            _draw_normals(noise, chunk.noise_gens)
+            return noise, None
+        return noise, self.noise_pool.submit(_draw_normals, noise, chunk.noise_gens)
 
     def _next_batch_position(self) -> int:
         """Start of this step's minibatch in every chain's current permutation (all chains in lockstep)."""
@@ -602,22 +594,24 @@ class _Run:
         """One sampler step of every chain; the loss at the pre-step weights goes into ``record``."""
         pos = None if self.shared_batch else self._next_batch_position()
         for chunk in self.chunks:
+            noise, drawing = self._draw_noise(chunk)
             xb, yb = (self.x, self.y) if pos is None else self._batch(chunk, pos)
             grads, losses = self.kernels.grad_and_loss(chunk.w, xb, yb, self.shared_batch)
             record.index_copy_(0, chunk.rows, losses.to(record.dtype))
-            self._fill_noise(chunk)
+            if drawing is not None:
+                drawing.result()
             if mala:
-                self._mala_step(chunk, xb, yb, grads, losses)
+                self._mala_step(chunk, xb, yb, grads, losses, noise)
             else:
-                self.sampler.update(chunk.state, {"w": grads}, {"w": chunk.noise})
+                self.sampler.update(chunk.state, {"w": grads}, {"w": noise})
         self.steps_done += 1
 
-    def _mala_step(self, chunk: _Chunk, xb, yb, grads, losses) -> None:
+    def _mala_step(self, chunk: _Chunk, xb, yb, grads, losses, noise) -> None:
         """The ordinary update, plus the Metropolis-adjusted Langevin log acceptance of the move."""
         w_old = chunk.w.clone()
         scale = self.sampler.drift_scale(chunk.state)
         m = None if scale is None else scale["w"]
-        self.sampler.update(chunk.state, {"w": grads}, {"w": chunk.noise})
+        self.sampler.update(chunk.state, {"w": grads}, {"w": noise})
         new_grads, new_losses = self.kernels.grad_and_loss(chunk.w, xb, yb, self.shared_batch)
         w_star = self.flat.w_star
         eps = self.step_epsilon
@@ -792,8 +786,9 @@ class _Run:
         )
         for chunk in self.chunks:
             chunk.w.copy_(self.flat.w_star.expand_as(chunk.w))
-            self._fill_noise(chunk)
-            chunk.state = self.sampler.init({"w": chunk.w}, {"w": chunk.noise})
+            noise = self._noise_view(chunk)
+            _draw_normals(noise, chunk.noise_gens)
+            chunk.state = self.sampler.init({"w": chunk.w}, {"w": noise})
         self.chain_curv_vec = None
 
     def _sample(self) -> None:
@@ -884,17 +879,11 @@ class _Run:
             raise _AllDiverged
 
     def _select_rows(self, chunk: _Chunk, keep: list[int]) -> None:
-        self._settle_noise(chunk)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         old_w = chunk.w
         chunk.chains = [chunk.chains[i] for i in keep]
         chunk.rows = chunk.rows[index]
         chunk.w = old_w[index].clone()
-        chunk.noise = chunk.noise[index].clone()
-        if chunk.spare is not None:
-            chunk.spare = chunk.spare[index].clone()
-            if chunk.pending is not None:
-                chunk.pending = _Ready()
         chunk.data_gens = [chunk.data_gens[i] for i in keep]
         chunk.noise_gens = [chunk.noise_gens[i] for i in keep]
         if chunk.perms is not None:
@@ -935,14 +924,6 @@ class _Run:
 def _draw_normals(out: torch.Tensor, generators: list[torch.Generator]) -> None:
     for row, gen in zip(out, generators, strict=True):
         row.normal_(generator=gen)
-
-
-class _Ready:
-    """A finished background fill (the spare buffer already holds the next step's noise)."""
-
-    @staticmethod
-    def result() -> None:
-        return None
 
 
 def _recent_mean(history: list[tuple[int, float]], now: int) -> float:

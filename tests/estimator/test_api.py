@@ -432,3 +432,25 @@ def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
     result = estimate_llc(model, (x, y), config=QUICK)
     assert result.init_loss_samples == 100 and result.n == 256
     assert any(w["code"] == "init_loss_subsample" for w in result.warnings)
+
+
+def test_sequential_chains_share_one_chain_sized_noise_buffer(classifier, monkeypatch):
+    """Memory: chunks draw their noise into one shared buffer of a chunk's size, not C·P of buffers."""
+    import estimator.llc as llc_module
+
+    filled = []
+    real_draw = llc_module._draw_normals
+
+    def recording_draw(out, generators):
+        filled.append((tuple(out.shape), out.data_ptr()))
+        real_draw(out, generators)
+
+    monkeypatch.setattr(llc_module, "_draw_normals", recording_draw)
+    model, x, y = classifier
+    P = sum(p.numel() for p in model.parameters())
+    result = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode="sequential"))
+    assert result.chain_mode == "sequential"
+    # One draw per chain per step (plus one per chain at init), every one into the same (1, P) buffer.
+    assert len(filled) == QUICK.num_chains * (1 + QUICK.num_burnin_steps + QUICK.num_draws)
+    assert {shape for shape, _ in filled} == {(1, P)}
+    assert len({ptr for _, ptr in filled}) == 1
