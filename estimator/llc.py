@@ -330,8 +330,8 @@ class _Run:
     def _choose_chain_mode(self) -> None:
         """vmap or sequential, decided without timing so that the same call always runs the same way.
 
-        The probe runs the vectorised gradient on two chains with different minibatches, together
-        and one at a time. Where a chain's result does not depend on the others in the call (linear
+        The probe runs the eager vectorised gradient on two chains with different minibatches,
+        together and the second one alone. Where a chain's result does not depend on the others in the call (linear
         layers, elementwise ops: "chain-exact"), vmap and sequential give bit-identical results and
         vmap is used. Where it does (a BLAS whose batched matmul rounds differently for some
         shapes; convolutions, which become grouped convolutions under vmap), "auto" runs large
