@@ -85,26 +85,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak RSS since the last reset (VmHWM); the lifetime high-water mark where /proc is unavailable."""
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status ("VmRSS", "VmHWM") in bytes; the lifetime high-water mark
+    (``ru_maxrss``) where /proc is unavailable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return max_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last reset_peak_rss() (VmHWM)."""
+    return _proc_status_bytes("VmHWM")
 
 
 def current_rss_bytes() -> int:
-    """Resident set size now (VmRSS); the high-water mark where /proc is unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return max_rss_bytes()
+    """Resident set size now (VmRSS)."""
+    return _proc_status_bytes("VmRSS")
 
 
 # --- contenders: each runs the protocol once and returns (llc or None, extra info) ----------------------

@@ -7,6 +7,8 @@ of a chunk in one call (one fused forward/backward), each chain with its own min
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,24 +90,58 @@ def _cast(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
 
+# Graphs traced in this process, shared between calls on models of the same structure (every
+# checkpoint of one training run scored by one worker, calibrate()'s sweep): keyed by the model's
+# class, parameter and buffer layout, loss, dtype and input signature; least recently used dropped
+# beyond this many. A shared graph is still checked bit for bit against the eager kernel before it
+# is used, so a model whose forward differs (other attribute values or buffer contents) is traced
+# afresh rather than given another model's graph.
+GRAPH_CACHE_SIZE = 8
+_graph_cache: OrderedDict[tuple, Callable[..., tuple[torch.Tensor, ...]]] = OrderedDict()
+_graph_cache_lock = threading.Lock()
+
+
+def _cached_graph(key: tuple | None):
+    if key is None:
+        return None
+    with _graph_cache_lock:
+        graph = _graph_cache.get(key)
+        if graph is not None:
+            _graph_cache.move_to_end(key)
+        return graph
+
+
+def _cache_graph(key: tuple | None, graph) -> None:
+    if key is None:
+        return
+    with _graph_cache_lock:
+        _graph_cache[key] = graph
+        _graph_cache.move_to_end(key)
+        while len(_graph_cache) > GRAPH_CACHE_SIZE:
+            _graph_cache.popitem(last=False)
+
+
 class TracedKernel:
     """One batched kernel, replayed as an aten graph traced once per input signature.
 
     Eager ``vmap`` + ``functional_call`` + the autograd engine spend more time in Python dispatch
     than in arithmetic on models of up to ~1M parameters (vmapped MLP gradient step on CPU: 1.3x
     the time of the same plain training steps). ``make_fx`` records the aten operations that one
-    eager call runs; replaying them skips that dispatch (1.06x). Tracing uses fake tensors, so a
+    eager call runs; replaying them skips that dispatch (1.05x). Tracing uses fake tensors, so a
     model whose Python control flow depends on tensor values cannot be traced (and never has one
     branch baked in); on its first call each graph is checked bit for bit against the eager kernel.
     Any failure or mismatch keeps the eager kernel for that signature, with the reason in
     ``fallback_reason``. Signatures: shapes, strides, dtypes and devices of the inputs.
+    ``cache_key`` (None: no sharing) names the model structure for the process-wide graph cache.
     """
 
-    def __init__(self, eager: Callable[..., tuple[torch.Tensor, ...]], enabled: bool):
+    def __init__(self, eager: Callable[..., tuple[torch.Tensor, ...]], enabled: bool, cache_key: tuple | None):
         self.eager = eager
         self.enabled = enabled
+        self.cache_key = cache_key
         self.graphs: dict[tuple, Callable[..., tuple[torch.Tensor, ...]] | None] = {}
         self.fallback_reason: str | None = None
+        self.reused = False  # a graph came from the process-wide cache
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.enabled:
@@ -115,23 +151,46 @@ class TracedKernel:
             graph = self.graphs[key]
             return self.eager(*args) if graph is None else graph(*args)
         expected = self.eager(*args)  # raises like the eager kernel would (the callers handle that)
-        graph = self._trace(args, expected)
-        self.graphs[key] = graph
+        self.graphs[key] = self._graph_for(key, args, expected)
         return expected
 
-    def _trace(self, args, expected):
+    def _graph_for(self, key: tuple, args, expected):
+        shared_key = None if self.cache_key is None else (self.cache_key, key)
+        shared = _cached_graph(shared_key)
+        if shared is not None and _reproduces(shared, args, expected):
+            self.reused = True
+            return shared
         try:
             graph = make_fx(self.eager, tracing_mode="fake")(*args)
-            replayed = graph(*args)
         except Exception as exc:  # noqa: BLE001 - untraceable model: the eager kernel is always correct
             self.fallback_reason = f"tracing failed ({type(exc).__name__}: {_first_line(exc)})"
             return None
-        if len(replayed) != len(expected) or not all(
-            torch.equal(a, b) for a, b in zip(replayed, expected, strict=False)
-        ):
+        if not _reproduces(graph, args, expected):
             self.fallback_reason = "the traced graph did not reproduce the eager kernel bit for bit"
             return None
+        _cache_graph(shared_key, graph)
         return graph
+
+
+def _reproduces(graph, args, expected) -> bool:
+    """Whether replaying ``graph`` on ``args`` gives ``expected`` bit for bit."""
+    try:
+        replayed = graph(*args)
+    except Exception:  # noqa: BLE001 - a shared graph of a different model may not even run
+        return False
+    return len(replayed) == len(expected) and all(
+        torch.equal(a, b) for a, b in zip(replayed, expected, strict=False)
+    )
+
+
+def _structure_key(flat: FlatModel) -> tuple | None:
+    """What a traced graph depends on besides its inputs; None when the loss cannot be a dict key."""
+    try:
+        hash(flat.loss_fn)
+    except TypeError:
+        return None
+    fixed = tuple((name, tuple(t.shape), t.dtype) for name, t in flat.fixed.items())
+    return (type(flat.model), tuple(zip(flat.names, flat.shapes, strict=True)), fixed, flat.loss_fn)
 
 
 class Kernels:
@@ -167,7 +226,7 @@ class Kernels:
         def hvp(w, v, x, y):
             return jvp(lambda u: grad(f)(u, x, y), (w,), (v,))[1]
 
-        self.grad_and_values = TracedKernel(grad_and_values, trace)
+        self.grad_and_values = TracedKernel(grad_and_values, trace, _structure_key(flat))
         # Hessian-vector products run only in the automatic step size's curvature checks, and
         # fake-tensor tracing of forward-mode AD is not reliable: they stay eager.
         self._hvp = vmap(hvp)

@@ -291,6 +291,8 @@ class _Run:
             return
         if self.kernels.traced:
             self.chain_mode_reason += "; gradient kernel replayed as a traced aten graph"
+            if self.kernels.grad_and_values.reused:
+                self.chain_mode_reason += " (traced by an earlier call on a model of the same structure)"
         elif defaults.TRACE_KERNELS and self.kernels.grad_and_values.fallback_reason:
             self.chain_mode_reason += (
                 f"; eager gradient kernel: {self.kernels.grad_and_values.fallback_reason}"

@@ -163,10 +163,48 @@ def test_untraceable_kernel_runs_eager_with_the_same_result(classifier, monkeypa
     model, x, y = classifier
     traced = estimate_llc(model, (x, y), config=QUICK)
     monkeypatch.setattr(functional, "make_fx", refuse)
+    monkeypatch.setattr(functional, "_graph_cache", type(functional._graph_cache)())  # nothing to reuse
     eager = estimate_llc(model, (x, y), config=QUICK)
     assert "eager gradient kernel: tracing failed (NotImplementedError" in eager.chain_mode_reason
     assert "traced aten graph" in traced.chain_mode_reason
     assert np.array_equal(traced.loss_trace, eager.loss_trace)
+
+
+class _Scaled(nn.Module):
+    """Same parameters for every instance; the forward depends on a plain float attribute."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.linear = nn.Linear(6, 3)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.linspace(-1, 1, 18).view(3, 6))
+            self.linear.bias.zero_()
+
+    def forward(self, x):
+        return self.linear(x) * self.scale
+
+
+def test_traced_graph_is_shared_only_between_models_that_compute_the_same(classifier, monkeypatch):
+    """The process-wide cache: another instance of the same structure reuses the graph; an instance
+    whose forward differs (here a float attribute baked into the graph) fails the bitwise check and
+    is traced afresh, with the same results as eager kernels."""
+    import estimator.defaults as defaults
+    import estimator.functional as functional
+
+    monkeypatch.setattr(functional, "_graph_cache", type(functional._graph_cache)())
+    _, x, y = classifier
+    first = estimate_llc(_Scaled(1.0), (x, y), config=QUICK)
+    same = estimate_llc(_Scaled(1.0), (x, y), config=QUICK)
+    other = estimate_llc(_Scaled(2.0), (x, y), config=QUICK)
+    assert "same structure" not in first.chain_mode_reason
+    assert "traced by an earlier call on a model of the same structure" in same.chain_mode_reason
+    assert "same structure" not in other.chain_mode_reason and "traced aten graph" in other.chain_mode_reason
+    assert np.array_equal(first.loss_trace, same.loss_trace)
+    monkeypatch.setattr(defaults, "TRACE_KERNELS", False)
+    other_eager = estimate_llc(_Scaled(2.0), (x, y), config=QUICK)
+    assert np.array_equal(other.loss_trace, other_eager.loss_trace)
+    assert not np.array_equal(other.loss_trace, first.loss_trace)
 
 
 def test_traced_kernels_are_bit_identical_to_eager(classifier, monkeypatch):
