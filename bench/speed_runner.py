@@ -356,7 +356,8 @@ def main(argv=None) -> int:
         "llc_mean": llc_value,
         "threads": torch.get_num_threads(),
         "rss_before_bytes": rss_before,
-        "rss_peak_bytes": peak_rss_bytes() if peak_was_reset else max_rss_bytes(),
+        # max(): the kernel batches RSS accounting, so VmHWM can lag a fresh VmRSS reading by a few pages.
+        "rss_peak_bytes": max(peak_rss_bytes(), rss_before) if peak_was_reset else max_rss_bytes(),
         "rss_peak_reset": peak_was_reset,
         **extra,
     }

@@ -132,7 +132,7 @@ def test_a_killed_worker_job_is_reclaimed_and_finishes(deployment, artifacts):  
     try:
         ids = upload(server.client, *artifacts)
         workers = {name: d.worker(name) for name in ("worker-1", "worker-2")}
-        job_id = submit(server.client, *ids, seed=3, num_draws=1000)
+        job_id = submit(server.client, *ids, seed=3, num_draws=20_000)  # long enough to be caught running
         running = wait_job(server.client, job_id, 60,
                            until=lambda j: j["status"] == "running" and j["progress"] > 0)
         doomed = running["worker"]
@@ -146,8 +146,8 @@ def test_a_killed_worker_job_is_reclaimed_and_finishes(deployment, artifacts):  
         assert (job["attempts"], job["worker"]) == (2, rescuer_name)
         assert time.monotonic() - killed_at > 3  # only after the heartbeat went stale
         traces = server.client.get(f"/v1/jobs/{job_id}/traces").json()
-        assert (traces["num_chains"], traces["num_draws"]) == (2, 1000)
-        assert all(len(row) == 1000 for row in traces["loss"])
+        assert (traces["num_chains"], traces["num_draws"]) == (2, 20_000)
+        assert all(len(row) == 20_000 for row in traces["loss"])
         assert rescuer.alive()
     finally:
         d.close()

@@ -89,7 +89,7 @@ def test_jobs_survive_server_crash_and_restart(tmp_path, files):  # noqa: ANN001
         checkpoint_id, dataset_id = upload(server.client, checkpoint, dataset, architecture)
         response = server.client.post("/v1/jobs", json={
             "checkpoint_id": checkpoint_id, "dataset_id": dataset_id, "loss": "cross_entropy",
-            "config": {**CONFIG, "num_draws": 1500, "seed": 5}})
+            "config": {**CONFIG, "num_draws": 20_000, "seed": 5}})  # long enough to be caught running
         job_id = response.json()["id"]
         wait_job(server.client, job_id, 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
         server.process.kill()  # a crash: the server dies, its job process is orphaned
@@ -114,7 +114,7 @@ def test_jobs_survive_server_crash_and_restart(tmp_path, files):  # noqa: ANN001
         assert job["status"] == "succeeded", (job, server.log())
         assert job["attempts"] == 2 and job["error"] is None
         traces = server.client.get(f"/v1/jobs/{job_id}/traces").json()
-        assert (traces["num_chains"], traces["num_draws"]) == (2, 1500)
+        assert (traces["num_chains"], traces["num_draws"]) == (2, 20_000)
         log = (data_dir / "logs" / "jobs" / f"{job_id}.log").read_text()
         assert "dispatcher that started this process is gone" in log  # the orphan stopped itself
     finally:

@@ -211,7 +211,7 @@ def test_api_restarted_in_distributed_mode_loses_nothing(deployment, artifacts):
     server = d.serve("server1.log")
     d.worker("worker-s")
     ids = upload(server.client, *artifacts)
-    running = submit(server.client, *ids, seed=8, num_draws=1000)
+    running = submit(server.client, *ids, seed=8, num_draws=20_000)  # long enough to be caught running
     waiting = submit(server.client, *ids, seed=9)
     wait_job(server.client, running, 120, until=lambda j: j["status"] == "running" and j["progress"] > 0)
     server.kill_group()  # a crash of the API process: no graceful shutdown
@@ -223,4 +223,4 @@ def test_api_restarted_in_distributed_mode_loses_nothing(deployment, artifacts):
         assert job["status"] == "succeeded" and job["attempts"] == 1, d.logs()
     assert server.client.get("/v1/jobs").json()["items"]
     traces = server.client.get(f"/v1/jobs/{running}/traces").json()
-    assert traces["num_draws"] == 1000
+    assert traces["num_draws"] == 20_000
