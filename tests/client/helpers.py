@@ -18,7 +18,7 @@ FAST_CONFIG = {
     "seed": 7,
 }
 # A job that runs long enough to be cancelled or timed out while still running.
-SLOW_CONFIG = {**FAST_CONFIG, "num_chains": 1, "num_draws": 50_000, "num_burnin_steps": 0}
+SLOW_CONFIG = {**FAST_CONFIG, "num_chains": 1, "num_draws": 100_000, "num_burnin_steps": 0}  # the server maximum
 
 MLP_ARCHITECTURE = {"kind": "mlp", "in_features": 4, "hidden": [8], "out_features": 3, "activation": "relu"}
 

@@ -154,7 +154,7 @@ def test_redis_restarted_mid_run_and_with_jobs_queued_loses_no_job(deployment, b
     server = d.serve()
     worker = d.worker("worker-r")
     ids = upload(server.client, *artifacts)
-    running = submit(server.client, *ids, seed=1, num_draws=1500)
+    running = submit(server.client, *ids, seed=1, num_draws=20_000)  # long enough to be caught running
     wait_job(server.client, running, 120, until=lambda j: j["status"] == "running" and j["progress"] > 0)
     waiting = [submit(server.client, *ids, seed=seed) for seed in (2, 3)]
     assert broker.llen(d.queue) == 2  # the two waiting messages exist only in Redis now
@@ -168,7 +168,7 @@ def test_redis_restarted_mid_run_and_with_jobs_queued_loses_no_job(deployment, b
     jobs = {job_id: wait_job(server.client, job_id, timeout=180) for job_id in [running, *waiting, during]}
     assert {j["status"] for j in jobs.values()} == {"succeeded"}, d.logs()
     assert jobs[running]["attempts"] == 1  # it kept running through the outage; its heartbeat is in the DB
-    assert jobs[running]["draws_done"] == 1500
+    assert jobs[running]["draws_done"] == 20_000
     logs = worker.log(400_000)
     for job_id in jobs:  # each ran (and succeeded) exactly once
         assert len(re.findall(f"job {job_id} succeeded", logs)) == 1, d.logs()
@@ -180,7 +180,7 @@ def test_a_job_process_killed_like_oom_fails_over_and_the_worker_survives(deploy
     server = d.serve()
     worker = d.worker("worker-o")
     ids = upload(server.client, *artifacts)
-    job_id = submit(server.client, *ids, seed=5, num_draws=800)
+    job_id = submit(server.client, *ids, seed=5, num_draws=20_000)  # long enough to be caught running
     wait_job(server.client, job_id, 120, until=lambda j: j["status"] == "running" and j["progress"] > 0)
     [pool] = pool_processes(worker.pid)
     os.kill(pool, signal.SIGKILL)  # what the kernel's OOM killer does to the process that allocated
@@ -190,7 +190,7 @@ def test_a_job_process_killed_like_oom_fails_over_and_the_worker_survives(deploy
     assert worker.alive()  # the worker's main process survived and started a new pool process
     assert pool_processes(worker.pid) and pool not in pool_processes(worker.pid)
     traces = server.client.get(f"/v1/jobs/{job_id}/traces").json()
-    assert (traces["num_chains"], traces["num_draws"]) == (2, 800)
+    assert (traces["num_chains"], traces["num_draws"]) == (2, 20_000)
 
     # The same again with no attempts left: the job fails with a reason that names the likely cause.
     doomed = submit(server.client, *ids, seed=6, num_draws=100_000)

@@ -59,7 +59,7 @@ def test_api_requests_survive_dropped_connections(api, seeded):  # noqa: ANN001
 def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # noqa: ANN001
     api.settings.heartbeat_interval = 0.1
     # Long enough that dropping connections every 0.1 s hits it several times even on a fast, idle machine.
-    config = {**CONFIG, "num_draws": 10000}
+    config = {**CONFIG, "num_draws": 30_000}
     job_id = submit(api, seeded, config=config)
     outcome: list = []
     runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings=api.settings)))
@@ -73,10 +73,10 @@ def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # 
     assert outcome[0].status == "succeeded", outcome
 
     job = api.get(f"/v1/jobs/{job_id}").json()
-    assert (job["status"], job["attempts"], job["draws_done"]) == ("succeeded", 1, 10000)
+    assert (job["status"], job["attempts"], job["draws_done"]) == ("succeeded", 1, 30_000)
     with session_scope(api.settings) as session:
         chains = session.scalars(select(JobChain).where(JobChain.job_id == job_id)).all()
-        assert sorted(c.chain for c in chains) == [0, 1] and all(c.num_draws == 10000 for c in chains)
+        assert sorted(c.chain for c in chains) == [0, 1] and all(c.num_draws == 30_000 for c in chains)
         # Every series of every chain covers draws 0..9999 exactly once: no duplicate or missing chunk.
         chunks = session.execute(select(TraceChunk.chain, TraceChunk.series, TraceChunk.start_draw,
                                         TraceChunk.num_draws).where(TraceChunk.job_id == job_id)).all()
@@ -85,10 +85,10 @@ def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # 
         covered.setdefault((chain, series), []).append((start, n))
     for key, spans in covered.items():
         spans.sort()
-        assert spans[0][0] == 0 and sum(n for _, n in spans) == 10000, key
+        assert spans[0][0] == 0 and sum(n for _, n in spans) == 30_000, key
         assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:], strict=False)), key
     traces = api.get(f"/v1/jobs/{job_id}/traces").json()
-    assert (traces["num_chains"], traces["num_draws"]) == (2, 10000)
+    assert (traces["num_chains"], traces["num_draws"]) == (2, 30_000)
 
 
 def test_a_database_that_is_down_answers_503_with_json(tmp_path):  # noqa: ANN001
