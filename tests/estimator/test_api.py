@@ -341,18 +341,15 @@ class _Cliff(nn.Module):
         return 0.5 * w**2 + torch.exp(40 * (w.abs() - 2.0))
 
 
+# Steps large enough that some of 8 chains wander over the cliff and diverge, not all.
+CLIFF_CONFIG = LLCConfig(
+    seed=0, epsilon=0.05, gamma=0.01, nbeta=1.0, num_chains=8, num_draws=300, num_burnin_steps=0, batch_size=100
+)
+
+
 def test_healthy_chains_still_report_when_some_diverge():
     x = torch.zeros(100, 1)
-    config = LLCConfig(
-        seed=0,
-        epsilon=0.05,
-        gamma=0.01,
-        nbeta=1.0,
-        num_chains=8,
-        num_draws=300,
-        num_burnin_steps=0,
-        batch_size=100,
-    )
+    config = CLIFF_CONFIG
     result = estimate_llc(_Cliff(), (x, torch.zeros(100, 1)), loss=lambda out, t: out.mean(), config=config)
     diverged = result.diagnostics["diverged_chains"]
     assert 0 < len(diverged) < 8
@@ -441,16 +438,7 @@ def test_divergence_with_noise_prefetch_is_bit_identical(monkeypatch):
     import estimator.defaults as defaults
 
     x = torch.zeros(100, 1)
-    config = LLCConfig(
-        seed=0,
-        epsilon=0.05,
-        gamma=0.01,
-        nbeta=1.0,
-        num_chains=8,
-        num_draws=300,
-        num_burnin_steps=0,
-        batch_size=100,
-    )
+    config = CLIFF_CONFIG
 
     def run():
         return estimate_llc(_Cliff(), (x, torch.zeros(100, 1)), loss=lambda out, t: out.mean(), config=config)
