@@ -64,3 +64,14 @@ def settings(tmp_path, database_url):
     from api.settings import Settings
 
     return Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=None)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small models run fastest on one torch thread; the caller's setting is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,19 +8,11 @@ posterior at this n is within a few % of λ (docs/validation.md lists the gaps).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from estimator import LLCConfig, estimate_llc
 from estimator import validation_cases as vc
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small models run fastest on one thread; restore the caller's setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _estimate(case: vc.Case, seed: int = 0) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sqlalchemy import select
 
 from api.db import session_scope
@@ -17,12 +16,7 @@ CONFIG = {"num_chains": 2, "num_draws": 40, "num_burnin_steps": 20, "epsilon": 1
           "batch_size": 32, "seed": 7, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def submit(api, seeded, config=None, loss="cross_entropy") -> str:  # noqa: ANN001

@@ -20,14 +20,7 @@ def database_url(sqlite_url):  # noqa: ANN001
     return sqlite_url
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_rerun_replaces_rows_left_by_an_earlier_attempt(api, seeded):  # noqa: ANN001
