@@ -125,6 +125,17 @@ TRACE_KERNELS = True
 SEQUENTIAL_MIN_WORK = 1 << 24
 
 
+# device="auto" with CUDA available: use it only when one step of all chains is at least this much
+# work (chains x params x batch rows). Below it a GPU step is bound by kernel-launch latency (about
+# 1 ms for the ~100 launches of a traced gradient step, measured on an H200), which is slower than
+# the same tiny step on one CPU core; above it the GPU wins by a growing factor (docs/benchmarks.md).
+CUDA_MIN_WORK = 1 << 22
+
+
+def step_work(num_chains: int, num_params: int, batch_rows: int) -> int:
+    return num_chains * num_params * batch_rows
+
+
 def prefer_sequential(run: _Run) -> bool:
     return run.device.type == "cpu" and run.P * (run.static_batch or run.batch_size) >= SEQUENTIAL_MIN_WORK
 

@@ -76,20 +76,36 @@ def estimate_llc(
     if progress is not None and not callable(progress):
         raise ValueError("progress must be a callable taking a ProgressEvent, or None")
     loss_name, loss_fn = resolve_loss(loss)
-    device = _resolve_device(config.device)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     inputs, targets = materialise(data)
+    device, device_reason = _resolve_device(config, model, int(inputs.shape[0]))
     inputs, targets = to_device(inputs, targets, loss_name, device, dtype)
 
     with _sampling_mode(model), torch.random.fork_rng(devices=[]):
         flat = FlatModel(model, loss_fn, device, dtype)
-        run = _Run(flat, inputs, targets, config, progress, started)
+        run = _Run(flat, inputs, targets, config, progress, started, device_reason)
         return run.execute()
 
 
-def _resolve_device(name: str) -> torch.device:
+def _resolve_device(config: LLCConfig, model: torch.nn.Module, n: int) -> tuple[torch.device, str]:
+    """The sampling device and why. "auto" takes CUDA when there is one and a step is big enough
+    for a GPU to be faster than a CPU core (defaults.CUDA_MIN_WORK); tiny models stay on the CPU."""
+    name = config.device
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), "auto: no CUDA device is available"
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        batch = min(config.batch_size or defaults.batch_size(n), n)
+        work = defaults.step_work(config.num_chains, params, batch)
+        if work < defaults.CUDA_MIN_WORK:
+            return torch.device("cpu"), (
+                f"auto: CPU although CUDA is available, because a step is too small for a GPU to pay off "
+                f"(chains x params x batch = {work:,} < {defaults.CUDA_MIN_WORK:,}; GPU steps this small "
+                "are bound by kernel-launch latency); pass device='cuda' to use it anyway"
+            )
+        return torch.device("cuda", torch.cuda.current_device()), (
+            f"auto: CUDA (chains x params x batch = {work:,} >= {defaults.CUDA_MIN_WORK:,})"
+        )
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"LLCConfig.device is {name!r} but CUDA is not available on this machine")
@@ -97,7 +113,7 @@ def _resolve_device(name: str) -> torch.device:
         raise ValueError(
             f"LLCConfig.device is {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
         )
-    return device
+    return device, f"requested (device={name!r})"
 
 
 @contextlib.contextmanager
@@ -144,8 +160,11 @@ class _Chunk:
 
 
 class _Run:
-    def __init__(self, flat: FlatModel, inputs, targets, config: LLCConfig, progress, started: float):
+    def __init__(
+        self, flat: FlatModel, inputs, targets, config: LLCConfig, progress, started: float, device_reason: str
+    ):
         self.flat = flat
+        self.device_reason = device_reason
         self.x = inputs
         self.y = targets
         self.config = config
@@ -609,7 +628,11 @@ class _Run:
         self.steps_done += 1
 
     def _mala_step(self, chunk: _Chunk, xb, yb, grads, losses, noise) -> None:
-        """The ordinary update, plus the Metropolis-adjusted Langevin log acceptance of the move."""
+        """The ordinary update, plus the Metropolis-adjusted Langevin log acceptance of the move.
+
+        Written for memory: besides the step's own buffers it holds the old weights, the new
+        gradient and one scratch row-block per term, so a MALA step peaks little above a plain one.
+        """
         w_old = chunk.w.clone()
         scale = self.sampler.drift_scale(chunk.state)
         m = None if scale is None else scale["w"]
@@ -619,20 +642,17 @@ class _Run:
         eps = self.step_epsilon
 
         def energy(w, loss):
-            return self.nbeta * loss.double() + 0.5 * self.gamma * (w - w_star).pow(2).sum(
-                1, dtype=torch.float64
-            )
-
-        def grad_energy(w, g):
-            return self.nbeta * g + self.gamma * (w - w_star)
+            # nβ L_B(w) + γ/2 |w - w*|²
+            return self.nbeta * loss.double() + 0.5 * self.gamma * _row_sum_of_squares(torch.sub(w, w_star))
 
         def log_q(to, frm, g_frm):
-            step = grad_energy(frm, g_frm)
-            if m is None:
-                diff = to - frm + 0.5 * eps * step
-                return -diff.pow(2).sum(1, dtype=torch.float64) / (2 * eps)
-            diff = to - frm + 0.5 * eps * m * step
-            return -(diff.pow(2) / m).sum(1, dtype=torch.float64) / (2 * eps)
+            # log density (up to a constant) of proposing ``to`` from ``frm``: a Gaussian around the
+            # drifted point frm - (ε/2) M ∇U(frm), ∇U = nβ g + γ (frm - w*), covariance ε M.
+            diff = torch.sub(frm, w_star).mul_(self.gamma).add_(g_frm, alpha=self.nbeta)
+            if m is not None:
+                diff.mul_(m)
+            diff.mul_(0.5 * eps).add_(to).sub_(frm)
+            return -_row_sum_of_squares(diff, m) / (2 * eps)
 
         log_alpha = (
             energy(w_old, losses)
@@ -921,6 +941,24 @@ class _Run:
         )
         if self.progress(event) is False:
             raise _Stopped
+
+
+# Columns per block of _row_sum_of_squares: bounds its float64 scratch whatever the model's size.
+_SUM_BLOCK = 1 << 16
+
+
+def _row_sum_of_squares(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_j x_ij² (/ weight_ij) per row, accumulated in float64 block by block of columns, so that no
+    float64 copy of the whole (chains, P) tensor is ever made. Row results do not depend on how many
+    rows there are, so chunking cannot change them."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[1], _SUM_BLOCK):
+        block = x[:, start : start + _SUM_BLOCK].to(torch.float64, copy=True)
+        squares = block.mul_(block)
+        if weight is not None:
+            squares.div_(weight[:, start : start + _SUM_BLOCK])
+        out += squares.sum(1)
+    return out
 
 
 def _draw_normals(out: torch.Tensor, generators: list[torch.Generator]) -> None:

@@ -147,6 +147,7 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         num_params=run.P,
         init_loss_samples=run.init_loss_samples,
         extras={
+            "device_reason": run.device_reason,
             "epsilon_auto": cfg.epsilon is None,
             "explore_steps": run.explore_steps,
             "settle_steps": run.settle_steps,

@@ -153,6 +153,24 @@ def test_auto_chain_mode_rule(classifier, monkeypatch, chain_exact, params_times
     assert "traced aten graph" in result.chain_mode_reason
 
 
+def test_auto_device_keeps_tiny_models_on_the_cpu(classifier, monkeypatch):
+    """device="auto": CUDA only when a step is big enough to beat launch latency, and the reason is given."""
+    import estimator.defaults as defaults
+
+    model, x, y = classifier
+    if not torch.cuda.is_available():
+        result = estimate_llc(model, (x, y), config=QUICK.replace(num_draws=5, num_burnin_steps=0))
+        assert result.config.device == "cpu" and result.extras["device_reason"] == "auto: no CUDA device is available"
+        # Pretend there is one: a step of this classifier is far below the threshold.
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    params = sum(p.numel() for p in model.parameters())
+    assert defaults.step_work(QUICK.num_chains, params, QUICK.batch_size) < defaults.CUDA_MIN_WORK
+    result = estimate_llc(model, (x, y), config=QUICK.replace(num_draws=5, num_burnin_steps=0))
+    assert result.config.device == "cpu"
+    assert "too small for a GPU to pay off" in result.extras["device_reason"]
+    assert f"= {defaults.step_work(QUICK.num_chains, params, QUICK.batch_size):,} <" in result.extras["device_reason"]
+
+
 def test_untraceable_kernel_runs_eager_with_the_same_result(classifier, monkeypatch):
     """When tracing fails (e.g. an op without a fake-tensor rule), the eager kernel runs, and says so."""
     import estimator.functional as functional
