@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import Principal, get_principal
 from api.storage import ArtifactStore, StagedFile, UploadTooLarge
@@ -74,7 +75,7 @@ def _too_large(limit: int) -> HTTPException:
     )
 
 
-def _unprocessable(message: str) -> HTTPException:
+def unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
 
 
@@ -113,13 +114,13 @@ async def receive_upload(
                 parser.raise_pending()
             multipart.finalize()
         except MultipartParseError as exc:
-            raise _unprocessable(f"malformed multipart body: {exc}") from None
+            raise unprocessable(f"malformed multipart body: {exc}") from None
         except UploadTooLarge:
             raise _too_large(max_bytes) from None
         if not parser.ended:
-            raise _unprocessable("the multipart body ended before its closing boundary (interrupted upload?)")
+            raise unprocessable("the multipart body ended before its closing boundary (interrupted upload?)")
         if form.file is None:
-            raise _unprocessable(f"form field '{file_field}' (the file to upload) is missing")
+            raise unprocessable(f"form field '{file_field}' (the file to upload) is missing")
         form.file.finish()
         return form
     except BaseException:  # includes ClientDisconnect and cancellation
@@ -170,7 +171,7 @@ class _FormReceiver:
     def on_part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:
-            self._fail(_unprocessable(f"too many form fields (more than {MAX_PARTS})"))
+            self._fail(unprocessable(f"too many form fields (more than {MAX_PARTS})"))
         self._headers = {}
         self._target = None
         self._text = bytearray()
@@ -194,17 +195,17 @@ class _FormReceiver:
         accepted = sorted({self.file_field, *self.text_fields})
         if name == self.file_field:
             if self.form.file is not None:
-                self._fail(_unprocessable(f"form field '{name}' was sent twice; upload one file per request"))
+                self._fail(unprocessable(f"form field '{name}' was sent twice; upload one file per request"))
                 return
             filename = options.get(b"filename")
             self.form.filename = filename.decode("utf-8", "replace").replace("\x00", "") if filename else None
             self.form.file = self.store.stage(self.max_bytes)
         elif name in self.text_fields:
             if name in self.form.fields:
-                self._fail(_unprocessable(f"form field '{name}' was sent twice"))
+                self._fail(unprocessable(f"form field '{name}' was sent twice"))
                 return
         else:
-            self._fail(_unprocessable(f"unexpected form field '{name}'; this endpoint accepts: {', '.join(accepted)}"))
+            self._fail(unprocessable(f"unexpected form field '{name}'; this endpoint accepts: {', '.join(accepted)}"))
             return
         self._target = name
 
@@ -222,7 +223,7 @@ class _FormReceiver:
             return
         self._text += data[start:end]
         if len(self._text) > MAX_TEXT_FIELD_BYTES:
-            self._fail(_unprocessable(f"form field '{self._target}' is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
+            self._fail(unprocessable(f"form field '{self._target}' is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
 
     def on_part_end(self) -> None:
         if self._error is not None or self._target is None or self._target == self.file_field:
@@ -230,10 +231,10 @@ class _FormReceiver:
         try:
             value = self._text.decode("utf-8")
         except UnicodeDecodeError:
-            self._fail(_unprocessable(f"form field '{self._target}' is not valid UTF-8"))
+            self._fail(unprocessable(f"form field '{self._target}' is not valid UTF-8"))
             return
         if "\x00" in value:  # PostgreSQL text cannot hold NUL
-            self._fail(_unprocessable(f"form field '{self._target}' contains a NUL character"))
+            self._fail(unprocessable(f"form field '{self._target}' contains a NUL character"))
             return
         self.form.fields[self._target] = value
 
@@ -263,6 +264,32 @@ def store_upload(store: ArtifactStore, session_factory: Any, staged: StagedFile,
         finally:
             session.close()
     return row
+
+
+def delete_upload(session: Any, store: ArtifactStore, session_factory: Any, principal: Principal, row: Any,
+                  repository: Any, what: str) -> None:  # fmt: skip
+    """Delete an uploaded checkpoint or dataset row that no job uses, then its file unless another
+    row shares it. ``repository`` is the domain's module (``count_jobs_using``, ``delete``,
+    ``storage_key_in_use``); ``what`` names the row in errors ("checkpoint ck_...")."""
+    jobs = repository.count_jobs_using(session, principal.owner, row.id)
+    if jobs:
+        raise _in_use(what, jobs)
+    storage_key = row.storage_key
+    repository.delete(session, row)
+    try:
+        session.commit()
+    except IntegrityError:  # a job referencing it was committed in between
+        session.rollback()
+        raise _in_use(what, None) from None
+    release_artifact(store, session_factory, storage_key, repository.storage_key_in_use)
+
+
+def _in_use(what: str, jobs: int | None) -> HTTPException:
+    count = f"{jobs} job(s)" if jobs else "jobs"
+    return HTTPException(
+        status.HTTP_409_CONFLICT,
+        detail=f"{what} is used by {count}; it is kept so that their results stay reproducible",
+    )
 
 
 def release_artifact(store: ArtifactStore, session_factory: Any, storage_key: str, in_use: Any) -> bool:

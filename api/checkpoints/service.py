@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request, status
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -32,15 +31,11 @@ from api.pagination import page
 from api.settings import Settings
 from api.storage import ArtifactStore
 from api.types import is_valid_id
-from api.uploads import UploadForm, receive_upload, release_artifact, store_upload
+from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
 
 TEXT_FIELDS = {"architecture", "collection", "step", "name"}
 INSPECT_TIMEOUT_S = 300.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
 
 
 async def upload_checkpoint(request: Request, principal: Principal, settings: Settings) -> Checkpoint:
@@ -59,10 +54,10 @@ def _validate_and_store(session_factory: Any, store: ArtifactStore, form: Upload
     try:
         fmt = detect_format(path)
     except FormatError as exc:
-        raise _unprocessable(f"invalid checkpoint: {exc}") from None
+        raise unprocessable(f"invalid checkpoint: {exc}") from None
     raw_architecture = form.fields.get("architecture")
     if fmt == "npz":
-        raise _unprocessable("invalid checkpoint: npz is a dataset format; upload a checkpoint as safetensors, .pt or .pt2")
+        raise unprocessable("invalid checkpoint: npz is a dataset format; upload a checkpoint as safetensors, .pt or .pt2")
     if fmt == "pt2":
         if not principal.can("run-code"):
             raise HTTPException(
@@ -71,11 +66,11 @@ def _validate_and_store(session_factory: Any, store: ArtifactStore, form: Upload
                 "(lambdahat keys create --scope run-code); or upload a safetensors state_dict with an architecture",
             )
         if raw_architecture:
-            raise _unprocessable("'architecture' does not apply to .pt2 archives (they carry their own graph); omit it")
+            raise unprocessable("'architecture' does not apply to .pt2 archives (they carry their own graph); omit it")
         try:
             num_params = read_pt2(path).num_params
         except FormatError as exc:
-            raise _unprocessable(f"invalid checkpoint: {exc}") from None
+            raise unprocessable(f"invalid checkpoint: {exc}") from None
         architecture = None
     else:
         architecture = _parse_architecture(raw_architecture, fmt)
@@ -98,7 +93,7 @@ def _metadata_fields(form: UploadForm) -> dict[str, Any]:
     collection = form.fields.get("collection") or None
     for label, value in (("name", name), ("collection", collection)):
         if value is not None and len(value) > 300:
-            raise _unprocessable(f"'{label}' must be at most 300 characters")
+            raise unprocessable(f"'{label}' must be at most 300 characters")
     name = name or (form.filename[:300] if form.filename else None)
     step: int | None = None
     raw_step = form.fields.get("step")
@@ -106,27 +101,27 @@ def _metadata_fields(form: UploadForm) -> dict[str, Any]:
         try:
             step = int(raw_step.strip())
         except ValueError:
-            raise _unprocessable(f"'step' must be a non-negative integer, got {raw_step!r}") from None
+            raise unprocessable(f"'step' must be a non-negative integer, got {raw_step!r}") from None
         if not 0 <= step < 2**31:
-            raise _unprocessable(f"'step' must be between 0 and {2**31 - 1}, got {step}")
+            raise unprocessable(f"'step' must be between 0 and {2**31 - 1}, got {step}")
     return {"name": name, "collection": collection, "step": step}
 
 
 def _parse_architecture(raw: str | None, fmt: str) -> dict[str, Any]:
     example = '{"kind": "mlp", "in_features": 16, "hidden": [32], "out_features": 3}'
     if not raw:
-        raise _unprocessable(
+        raise unprocessable(
             f"form field 'architecture' is required for {fmt} checkpoints: a JSON object such as {example} "
             "(kinds: " + ", ".join(architectures.KINDS) + "; see docs/api.md)"
         )
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise _unprocessable(f"'architecture' is not valid JSON ({exc}); expected an object such as {example}") from None
+        raise unprocessable(f"'architecture' is not valid JSON ({exc}); expected an object such as {example}") from None
     try:
         return architectures.normalize(config)
     except architectures.ArchitectureError as exc:
-        raise _unprocessable(f"invalid architecture: {exc}") from None
+        raise unprocessable(f"invalid architecture: {exc}") from None
 
 
 def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
@@ -134,14 +129,14 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
         try:
             infos = read_safetensors(path)
         except FormatError as exc:
-            raise _unprocessable(f"invalid checkpoint: {exc}") from None
+            raise unprocessable(f"invalid checkpoint: {exc}") from None
         tensors = {k: (t.shape, t.dtype) for k, t in infos.items()}
     else:
         inspected = inspect_torch_file(path)
         tensors = {k: (tuple(v["shape"]), v["dtype"]) for k, v in inspected.items()}
     problems = architectures.check_weights(architecture, tensors)
     if problems:
-        raise _unprocessable(f"the weights do not match the {architecture['kind']} architecture: " + "; ".join(problems))
+        raise unprocessable(f"the weights do not match the {architecture['kind']} architecture: " + "; ".join(problems))
     if fmt == "safetensors":
         non_finite = {k: count_non_finite(path, t) for k, t in infos.items()}
     else:
@@ -149,7 +144,7 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
     bad = {k: n for k, n in non_finite.items() if n}
     if bad:
         listing = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:20])
-        raise _unprocessable(f"the weights contain non-finite values (NaN or inf): {listing}")
+        raise unprocessable(f"the weights contain non-finite values (NaN or inf): {listing}")
 
 
 def inspect_torch_file(path: Path) -> dict[str, Any]:
@@ -164,16 +159,16 @@ def inspect_torch_file(path: Path) -> dict[str, Any]:
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
-            raise _unprocessable(f"invalid checkpoint: inspecting the .pt file took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
+            raise unprocessable(f"invalid checkpoint: inspecting the .pt file took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
     try:
         result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     except (IndexError, ValueError, UnicodeDecodeError):
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise _unprocessable(
+        raise unprocessable(
             f"invalid checkpoint: the .pt file could not be inspected (inspector exit status {proc.returncode}: {tail[0][:300]})"
         ) from None
     if not result.get("ok"):
-        raise _unprocessable(f"invalid checkpoint: {result.get('error')}")
+        raise unprocessable(f"invalid checkpoint: {result.get('error')}")
     return result["tensors"]
 
 
@@ -188,28 +183,11 @@ def list_checkpoints(
     session: Session, principal: Principal, limit: int, cursor: str | None, collection: str | None
 ) -> tuple[list[Checkpoint], str | None]:
     if collection is not None and "\x00" in collection:
-        raise _unprocessable("'collection' must not contain NUL characters")
+        raise unprocessable("'collection' must not contain NUL characters")
     return page(repository.list_page(session, principal.owner, limit, cursor, collection), limit)
 
 
 def delete_checkpoint(session: Session, request: Request, principal: Principal, settings: Settings, checkpoint_id: str) -> None:
     row = get_checkpoint(session, principal, checkpoint_id)
-    jobs = repository.count_jobs_using(session, principal.owner, checkpoint_id)
-    if jobs:
-        raise _in_use(checkpoint_id, jobs)
-    storage_key = row.storage_key
-    repository.delete(session, row)
-    try:
-        session.commit()
-    except IntegrityError:  # a job referencing it was committed in between
-        session.rollback()
-        raise _in_use(checkpoint_id, None) from None
-    release_artifact(ArtifactStore(settings), request.app.state.session_factory, storage_key, repository.storage_key_in_use)
-
-
-def _in_use(checkpoint_id: str, jobs: int | None) -> HTTPException:
-    count = f"{jobs} job(s)" if jobs else "jobs"
-    return HTTPException(
-        status.HTTP_409_CONFLICT,
-        detail=f"checkpoint {checkpoint_id} is used by {count}; it is kept so that their results stay reproducible",
-    )
+    delete_upload(session, ArtifactStore(settings), request.app.state.session_factory, principal, row, repository,
+                  f"checkpoint {checkpoint_id}")  # fmt: skip

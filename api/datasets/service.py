@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +25,7 @@ from api.pagination import page
 from api.settings import Settings
 from api.storage import ArtifactStore
 from api.types import is_valid_id
-from api.uploads import UploadForm, receive_upload, release_artifact, store_upload
+from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
 
 TEXT_FIELDS = {"name"}
 
@@ -37,10 +36,6 @@ class DatasetContent:
     n: int
     x: TensorInfo
     y: TensorInfo
-
-
-def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
 
 
 def inspect_dataset(path: Path) -> DatasetContent:
@@ -96,7 +91,7 @@ def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm,
     try:
         content = inspect_dataset(form.file.path)
     except FormatError as exc:
-        raise _unprocessable(f"invalid dataset: {exc}") from None
+        raise unprocessable(f"invalid dataset: {exc}") from None
     row = Dataset(
         owner=principal.owner,
         name=name,
@@ -115,7 +110,7 @@ def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm,
 def _name(form: UploadForm) -> str | None:
     name = form.fields.get("name")
     if name is not None and len(name) > 300:
-        raise _unprocessable("'name' must be at most 300 characters")
+        raise unprocessable("'name' must be at most 300 characters")
     return name or (form.filename[:300] if form.filename else None)
 
 
@@ -132,22 +127,5 @@ def list_datasets(session: Session, principal: Principal, limit: int, cursor: st
 
 def delete_dataset(session: Session, request: Request, principal: Principal, settings: Settings, dataset_id: str) -> None:
     row = get_dataset(session, principal, dataset_id)
-    jobs = repository.count_jobs_using(session, principal.owner, dataset_id)
-    if jobs:
-        raise _in_use(dataset_id, jobs)
-    storage_key = row.storage_key
-    repository.delete(session, row)
-    try:
-        session.commit()
-    except IntegrityError:  # a job referencing it was committed in between
-        session.rollback()
-        raise _in_use(dataset_id, None) from None
-    release_artifact(ArtifactStore(settings), request.app.state.session_factory, storage_key, repository.storage_key_in_use)
-
-
-def _in_use(dataset_id: str, jobs: int | None) -> HTTPException:
-    count = f"{jobs} job(s)" if jobs else "jobs"
-    return HTTPException(
-        status.HTTP_409_CONFLICT,
-        detail=f"dataset {dataset_id} is used by {count}; it is kept so that their results stay reproducible",
-    )
+    delete_upload(session, ArtifactStore(settings), request.app.state.session_factory, principal, row, repository,
+                  f"dataset {dataset_id}")  # fmt: skip
