@@ -148,3 +148,76 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float, until: Callable[
     until = until or (lambda job: job["status"] in ("succeeded", "failed", "cancelled"))
     return wait_for(lambda: (lambda job: job if until(job) else None)(client.get(f"/v1/jobs/{job_id}").json()),
                     timeout, f"job {job_id}")
+
+
+# --- a distributed deployment: serve + workers sharing one database, broker and queue ----------------
+
+# Small, fixed-ε jobs; tests that must catch a job running pass more draws.
+JOB_CONFIG = {"num_chains": 2, "num_draws": 60, "num_burnin_steps": 20, "epsilon": 1e-3, "gamma": 100.0,
+              "batch_size": 32, "device": "cpu"}  # fmt: skip
+
+
+class Deployment:
+    """One distributed deployment: the environment its processes share (a fresh queue name on
+    ``broker_url``, a data dir under ``tmp_path``, a migrated ``database_url``), and the processes."""
+
+    def __init__(self, tmp_path: Path, database_url: str, broker_url: str, **settings: Any) -> None:
+        from api.settings import Settings
+        from tests.helpers import migrate
+
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.broker_url = broker_url
+        self.queue = f"lh-test-{os.urandom(5).hex()}"
+        self.env = base_env(self.data_dir, database_url=database_url, broker_url=broker_url, queue=self.queue,
+                            **settings)  # fmt: skip
+        migrate(Settings(data_dir=self.data_dir, database_url=database_url))
+        self.processes: list[Proc] = []
+
+    def serve(self, log_name: str = "server.log") -> Server:
+        server = Server(self.data_dir, self.env, self.tmp_path / log_name)
+        self.processes.append(server)
+        return server
+
+    def worker(self, name: str) -> Proc:
+        proc = Proc(["worker", "--name", name, "--queues", self.queue], self.env, self.tmp_path / f"{name}.log")
+        self.processes.append(proc)
+        wait_for(lambda: "ready." in proc.log(20_000) or not proc.alive(), 60, f"worker {name} to be ready")
+        assert proc.alive(), proc.log()
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.log()}" for p in self.processes)
+
+    def close(self) -> None:
+        """Stop every process, then drop this deployment's queue (and its priority sub-queues)."""
+        import redis
+
+        for proc in reversed(self.processes):
+            proc.stop(timeout=10)
+        try:
+            client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=2)
+            client.delete(self.queue, *[f"{self.queue}\x06\x16{p}" for p in (3, 6, 9)])
+        except redis.RedisError:
+            pass  # a test's private broker that is already gone
+
+
+def write_artifacts(tmp_path: Path, seed: int) -> tuple[Path, Path, dict[str, Any]]:
+    """A small classifier checkpoint and its dataset as safetensors files: (checkpoint, dataset, architecture)."""
+    from api.architectures import normalize
+    from tests.helpers import random_state_dict, write_safetensors
+    from tests.jobs.seed import CLASSIFIER, classification_data
+
+    architecture = normalize(CLASSIFIER)
+    checkpoint = write_safetensors(tmp_path / "model.safetensors", random_state_dict(architecture, seed=seed))
+    x, y = classification_data(n=64, seed=seed)
+    dataset = write_safetensors(tmp_path / "data.safetensors", {"x": x, "y": y})
+    return checkpoint, dataset, architecture
+
+
+def submit(client: httpx.Client, checkpoint_id: str, dataset_id: str, **config: Any) -> str:
+    """Submit a JOB_CONFIG job (fields overridden by ``config``); returns its id."""
+    response = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "dataset_id": dataset_id,
+                                             "loss": "cross_entropy", "config": {**JOB_CONFIG, **config}})  # fmt: skip
+    assert response.status_code == 202, response.text
+    return response.json()["id"]

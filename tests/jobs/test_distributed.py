@@ -9,58 +9,15 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 import pytest
 import redis
 
-from tests.helpers import migrate, random_state_dict, write_safetensors
-from tests.jobs.processes import Proc, Server, base_env, upload, wait_for, wait_job
-from tests.jobs.seed import CLASSIFIER, classification_data
+from tests.jobs.processes import Deployment, submit, upload, wait_job, write_artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
 REDIS_DB = 11
-CONFIG = {"num_chains": 2, "num_draws": 60, "num_burnin_steps": 20, "epsilon": 1e-3, "gamma": 100.0,
-          "batch_size": 32, "device": "cpu"}
-
-
-class Deployment:
-    """One distributed deployment: the environment its processes share, and the processes."""
-
-    def __init__(self, tmp_path, database_url: str, **settings) -> None:  # noqa: ANN001
-        from api.settings import Settings
-
-        self.tmp_path = tmp_path
-        self.data_dir = tmp_path / "data"
-        self.queue = f"lh-test-{uuid.uuid4().hex[:10]}"
-        self.broker_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-        self.env = base_env(self.data_dir, database_url=database_url, broker_url=self.broker_url,
-                            queue=self.queue, **settings)
-        migrate(Settings(data_dir=self.data_dir, database_url=database_url))
-        self.processes: list[Proc] = []
-        self.server: Server | None = None
-
-    def serve(self) -> Server:
-        self.server = Server(self.data_dir, self.env, self.tmp_path / "server.log")
-        self.processes.append(self.server)
-        return self.server
-
-    def worker(self, name: str) -> Proc:
-        proc = Proc(["worker", "--name", name, "--queues", self.queue], self.env, self.tmp_path / f"{name}.log")
-        self.processes.append(proc)
-        wait_for(lambda: "ready." in proc.log(20_000) or not proc.alive(), 60, f"worker {name} to be ready")
-        assert proc.alive(), proc.log()
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log_path.name}\n{p.log()}" for p in self.processes)
-
-    def close(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop(timeout=10)
-        client = redis.Redis.from_url(self.broker_url)
-        client.delete(self.queue, *[f"{self.queue}\x06\x16{p}" for p in (3, 6, 9)])
 
 
 @pytest.fixture
@@ -68,9 +25,8 @@ def deployment(tmp_path, postgres_url):  # noqa: ANN001, ANN201
     deployments: list[Deployment] = []
 
     def make(**settings) -> Deployment:  # noqa: ANN003
-        d = Deployment(tmp_path, postgres_url, **settings)
-        deployments.append(d)
-        return d
+        deployments.append(Deployment(tmp_path, postgres_url, f"redis://127.0.0.1:6379/{REDIS_DB}", **settings))
+        return deployments[-1]
 
     yield make
     for d in deployments:
@@ -79,20 +35,7 @@ def deployment(tmp_path, postgres_url):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def artifacts(tmp_path):  # noqa: ANN001, ANN201
-    from api.architectures import normalize
-
-    architecture = normalize(CLASSIFIER)
-    checkpoint = write_safetensors(tmp_path / "model.safetensors", random_state_dict(architecture, seed=9))
-    x, y = classification_data(n=64, seed=9)
-    dataset = write_safetensors(tmp_path / "data.safetensors", {"x": x, "y": y})
-    return checkpoint, dataset, architecture
-
-
-def submit(client, checkpoint_id, dataset_id, **config) -> str:  # noqa: ANN001
-    response = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "dataset_id": dataset_id,
-                                             "loss": "cross_entropy", "config": {**CONFIG, **config}})
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
+    return write_artifacts(tmp_path, seed=9)
 
 
 def test_two_workers_share_six_jobs(deployment, artifacts):  # noqa: ANN001

@@ -18,21 +18,14 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import migrate, random_state_dict, write_safetensors
-from tests.jobs.processes import Proc, Server, base_env, free_port, upload, wait_for, wait_job
-from tests.jobs.seed import CLASSIFIER, classification_data
+from tests.jobs.processes import Deployment, free_port, submit, upload, wait_for, wait_job, write_artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")]
-
-CONFIG = {"num_chains": 2, "num_draws": 60, "num_burnin_steps": 20, "epsilon": 1e-3, "gamma": 100.0,
-          "batch_size": 32, "device": "cpu"}
-
 
 class RedisServer:
     """A throw-away redis-server without persistence: a restart loses everything, as in the worst case."""
@@ -73,38 +66,6 @@ def _pings(client) -> bool:  # noqa: ANN001
         return False
 
 
-class Deployment:
-    def __init__(self, tmp_path: Path, database_url: str, broker: RedisServer, **settings) -> None:  # noqa: ANN003
-        from api.settings import Settings
-
-        self.tmp_path = tmp_path
-        self.data_dir = tmp_path / "data"
-        self.queue = f"lh-rel-{uuid.uuid4().hex[:8]}"
-        self.env = base_env(self.data_dir, database_url=database_url, broker_url=broker.url, queue=self.queue,
-                            **settings)
-        migrate(Settings(data_dir=self.data_dir, database_url=database_url))
-        self.processes: list[Proc] = []
-
-    def serve(self, log_name: str = "server.log") -> Server:
-        server = Server(self.data_dir, self.env, self.tmp_path / log_name)
-        self.processes.append(server)
-        return server
-
-    def worker(self, name: str) -> Proc:
-        proc = Proc(["worker", "--name", name, "--queues", self.queue], self.env, self.tmp_path / f"{name}.log")
-        self.processes.append(proc)
-        wait_for(lambda: "ready." in proc.log(20_000) or not proc.alive(), 60, f"worker {name} to be ready")
-        assert proc.alive(), proc.log()
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log_path.name}\n{p.log()}" for p in self.processes)
-
-    def close(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop(timeout=10)
-
-
 @pytest.fixture
 def broker(tmp_path):  # noqa: ANN001, ANN201
     server = RedisServer(tmp_path)
@@ -117,7 +78,7 @@ def deployment(tmp_path, postgres_url, broker):  # noqa: ANN001, ANN201
     made: list[Deployment] = []
 
     def make(**settings) -> Deployment:  # noqa: ANN003
-        made.append(Deployment(tmp_path, postgres_url, broker, **settings))
+        made.append(Deployment(tmp_path, postgres_url, broker.url, **settings))
         return made[-1]
 
     yield make
@@ -127,20 +88,7 @@ def deployment(tmp_path, postgres_url, broker):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def artifacts(tmp_path):  # noqa: ANN001, ANN201
-    from api.architectures import normalize
-
-    architecture = normalize(CLASSIFIER)
-    checkpoint = write_safetensors(tmp_path / "model.safetensors", random_state_dict(architecture, seed=21))
-    x, y = classification_data(n=64, seed=21)
-    dataset = write_safetensors(tmp_path / "data.safetensors", {"x": x, "y": y})
-    return checkpoint, dataset, architecture
-
-
-def submit(client, checkpoint_id, dataset_id, **config) -> str:  # noqa: ANN001
-    response = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "dataset_id": dataset_id,
-                                             "loss": "cross_entropy", "config": {**CONFIG, **config}})
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
+    return write_artifacts(tmp_path, seed=21)
 
 
 def pool_processes(pid: int) -> list[int]:
