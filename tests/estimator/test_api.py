@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from estimator import LLCConfig, LLCResult, ProgressEvent, estimate_llc
+from tests.estimator.models import trained_classifier
 
 # Short fixed-epsilon runs: these tests check plumbing, not accuracy.
 QUICK = LLCConfig(
@@ -19,23 +20,9 @@ QUICK = LLCConfig(
 )
 
 
-def _classifier(seed: int = 0, n: int = 256, d: int = 6, classes: int = 3):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen)
-    y = torch.randint(0, classes, (n,), generator=gen)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, classes))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, x, y
-
-
 @pytest.fixture(scope="module")
 def classifier():
-    return _classifier()
+    return trained_classifier()
 
 
 def test_result_fields_and_json(classifier):

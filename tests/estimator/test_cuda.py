@@ -16,6 +16,7 @@ from torch import nn
 
 from estimator import LLCConfig, estimate_llc
 from estimator import validation_cases as vc
+from tests.estimator.models import trained_classifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,22 +26,8 @@ QUICK = LLCConfig(
 )  # fmt: skip
 
 
-def _classifier(seed: int = 0, n: int = 512, d: int = 8, classes: int = 3):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen)
-    y = torch.randint(0, classes, (n,), generator=gen)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, classes))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, x, y
-
-
 def test_cpu_model_and_data_run_on_cuda_and_are_left_untouched():
-    model, x, y = _classifier()
+    model, x, y = trained_classifier(n=512, d=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = estimate_llc(model, (x, y), config=QUICK)
     assert result.chain_mode == "vmap"
@@ -55,7 +42,7 @@ def test_cpu_model_and_data_run_on_cuda_and_are_left_untouched():
 
 
 def test_cuda_model_and_explicit_index():
-    model, x, y = _classifier()
+    model, x, y = trained_classifier(n=512, d=8)
     model = model.cuda()
     result = estimate_llc(model, (x.cuda(), y.cuda()), config=QUICK.replace(device="cuda:0"))
     assert np.isfinite(result.llc_mean)
@@ -65,7 +52,7 @@ def test_cuda_model_and_explicit_index():
 
 
 def test_same_call_is_bit_identical_and_chunking_does_not_change_a_chain():
-    model, x, y = _classifier()
+    model, x, y = trained_classifier(n=512, d=8)
     a = estimate_llc(model, (x, y), config=QUICK)
     b = estimate_llc(model, (x, y), config=QUICK)
     np.testing.assert_array_equal(a.loss_trace, b.loss_trace)
@@ -87,7 +74,7 @@ def test_auto_mode_on_cuda_vmaps_even_large_models():
 
 
 def test_auto_device_takes_cuda_for_real_models_and_the_cpu_for_tiny_ones():
-    model, x, y = _classifier()  # 387 parameters: a GPU step would be launch-bound
+    model, x, y = trained_classifier(n=512, d=8)  # 195 parameters: a GPU step would be launch-bound
     tiny = estimate_llc(model, (x, y), config=QUICK.replace(device="auto"))
     assert tiny.config.device == "cpu" and "too small for a GPU" in tiny.extras["device_reason"]
     torch.manual_seed(0)
@@ -111,7 +98,7 @@ def test_cuda_estimate_agrees_with_theory_and_cpu(dtype):
 
 
 def test_huge_epsilon_diverges_cleanly_on_cuda():
-    model, x, y = _classifier()
+    model, x, y = trained_classifier(n=512, d=8)
     result = estimate_llc(model, (x, y), config=QUICK.replace(epsilon=10.0))
     assert result.diagnostics["diverged_chains"] == [0, 1, 2, 3]
     assert np.isnan(result.llc_mean)
@@ -120,7 +107,7 @@ def test_huge_epsilon_diverges_cleanly_on_cuda():
 
 
 def test_progress_can_stop_a_cuda_run():
-    model, x, y = _classifier()
+    model, x, y = trained_classifier(n=512, d=8)
     seen = []
 
     def progress(event):
