@@ -631,7 +631,8 @@ class _Run:
         """The ordinary update, plus the Metropolis-adjusted Langevin log acceptance of the move.
 
         Written for memory: besides the step's own buffers it holds the old weights, the new
-        gradient and one scratch row-block per term, so a MALA step peaks little above a plain one.
+        gradient and one scratch buffer at a time (worked in place; its float64 sums go block by
+        block), so a MALA step peaks little above a plain one.
         """
         w_old = chunk.w.clone()
         scale = self.sampler.drift_scale(chunk.state)

@@ -1,10 +1,11 @@
-"""The estimator on a CUDA device: skipped where there is none (CI), run on a GPU machine with
+"""The estimator on a CUDA device: skipped where there is none (CI); on a GPU machine run
 
-    python -m pytest tests/estimator          # every estimator test; "auto" devices then mean CUDA
+    bash bench/gpu_check.sh OUT_DIR     # these tests, the API and validation tests, bench/speed.py --device cuda
 
 These check what only a GPU can show: data and weights moved to the device and back, the traced
 vmapped kernel replayed there, chains independent of chunking, determinism, agreement with the CPU
-estimate and exact theory, and the divergence path with CUDA tensors.
+estimate and exact theory, the divergence path with CUDA tensors, and device="auto" choosing the
+GPU for real models and the CPU for tiny ones.
 """
 
 from __future__ import annotations
