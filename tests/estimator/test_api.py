@@ -212,6 +212,42 @@ def test_traced_graph_is_shared_only_between_models_that_compute_the_same(classi
     assert not np.array_equal(other.loss_trace, first.loss_trace)
 
 
+class _Power(nn.Module):
+    """f(x; w) = x · w^k with the exponent in a closure: every instance has the same class and
+    parameters, and at w* = 0 every k gives zero loss and zero gradient."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.power = (lambda w: w**k)  # noqa: E731 - the closure is the point
+
+    def forward(self, x):
+        return x * self.power(self.w)
+
+
+@pytest.mark.parametrize("fingerprint", [True, False], ids=["with-attribute-fingerprint", "bitwise-checks-alone"])
+def test_a_cached_graph_is_not_reused_for_a_model_that_differs_only_away_from_w_star(monkeypatch, fingerprint):
+    """A graph traced for x·w^8 must not serve x·w^4: both are 0 with zero gradient at w* = 0, so a
+    check at w* alone cannot tell them apart (this once gave a -64 % estimate for w^4). Either
+    safeguard alone must catch it: the cache key (the closure's exponent) and the second bitwise
+    check at a point moved off w*."""
+    import estimator.functional as functional
+
+    monkeypatch.setattr(functional, "_graph_cache", type(functional._graph_cache)())
+    if not fingerprint:
+        monkeypatch.setattr(functional, "_attribute_fingerprint", lambda module: ())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 1, generator=gen)
+    data = (x, torch.zeros(2000, 1))
+    config = LLCConfig(seed=0, epsilon=1e-3, gamma=1.0, num_chains=2, num_draws=200, num_burnin_steps=100, batch_size=256)
+    estimate_llc(_Power(4), data, loss="mse", config=config)  # caches the graph of x·w^4
+    after_other = estimate_llc(_Power(2), data, loss="mse", config=config)
+    monkeypatch.setattr(functional, "_graph_cache", type(functional._graph_cache)())
+    alone = estimate_llc(_Power(2), data, loss="mse", config=config)
+    assert "same structure" not in after_other.chain_mode_reason
+    np.testing.assert_array_equal(after_other.loss_trace, alone.loss_trace)
+
+
 def test_traced_kernels_are_bit_identical_to_eager(classifier, monkeypatch):
     import estimator.defaults as defaults
 
