@@ -91,11 +91,12 @@ def _cast(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
 
 
 # Graphs traced in this process, shared between calls on models of the same structure (every
-# checkpoint of one training run scored by one worker, calibrate()'s sweep): keyed by the model's
-# class, parameter and buffer layout, loss, dtype and input signature; least recently used dropped
-# beyond this many. A shared graph is still checked bit for bit against the eager kernel before it
-# is used, so a model whose forward differs (other attribute values or buffer contents) is traced
-# afresh rather than given another model's graph.
+# checkpoint of one training run scored by one worker, calibrate()'s sweep): keyed by
+# _structure_key (submodule classes and plain attributes, parameter and buffer layout, loss) and the
+# input signature; least recently used dropped beyond this many. A shared graph is still checked
+# bit for bit against the new model's eager kernel, at the first call and off w* (_graph_for), so a
+# model whose forward differs (buffer contents, state the key cannot see) is traced afresh rather
+# than given another model's graph.
 GRAPH_CACHE_SIZE = 8
 _graph_cache: OrderedDict[tuple, Callable[..., tuple[torch.Tensor, ...]]] = OrderedDict()
 _graph_cache_lock = threading.Lock()
