@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_draws: int = 100_000
     max_queued_jobs_per_owner: int = 10_000
     embedded_max_concurrent_jobs: int = 1
+    # torch threads per job: 0 sizes them to the cores the job can have, now and while it runs
+    # (worker/cores.py); a number fixes the count.
+    job_threads: int = Field(default=0, ge=0)
+    # A warm job process (embedded) or Celery pool process whose resident memory exceeds this after a
+    # job is replaced by a fresh one before the next job (0: never).
+    job_process_max_rss_bytes: int = Field(default=2 * 1024**3, ge=0)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

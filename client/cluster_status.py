@@ -84,6 +84,11 @@ def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
         state = {True: "running", False: "not running", None: "unknown"}[embedded.get("dispatcher_running")]
         pairs.append(("dispatcher", f"{state} in the API process, up to {embedded.get('max_concurrent_jobs')} "
                                     "job(s) at a time"))
+        processes = embedded.get("job_processes")
+        if processes is not None:
+            described = [f"pid {p['pid']} {'busy' if p['busy'] else 'idle'}{'' if p['warm'] else ', warming up'}, "
+                         f"{p['jobs_done']} job(s) done" for p in processes]
+            pairs.append(("job processes", "; ".join(described) or "none"))
     broker = status.get("broker")
     if broker:
         pairs.append(("broker", f"{broker.get('url')} (worker registry: {broker.get('registry')})"))

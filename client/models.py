@@ -57,6 +57,7 @@ class JobResult(BaseModel):
     diagnostics: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     chain_mode: str | None = None
+    chain_mode_reason: str | None = None
     # Each warning is a string or a structured object such as {"code": ..., "message": ...}.
     warnings: list[Any] = Field(default_factory=list)
 

@@ -13,6 +13,10 @@ Celery only delivers "run job X"; the job's state lives in the database. Choices
   the redelivery finds the job still ``running`` in the database and does nothing, and the reaper
   re-queues the job once its heartbeat is stale, counting attempts (so a job that kills its worker
   every time is failed after ``max_attempts``, not retried forever).
+- The pool process lives across jobs (warm: ``worker.tasks``) until its peak resident memory
+  exceeds ``job_process_max_rss_bytes`` (``worker_max_memory_per_child``); Celery then replaces it
+  after the job. Its warm-up runs before it takes a job, so the wait for a new process to report
+  alive (``worker_proc_alive_timeout``) allows for importing torch on a busy machine.
 
 Torch-free: the API imports this to send tasks by name.
 """
@@ -60,6 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
+        worker_max_memory_per_child=settings.job_process_max_rss_bytes // 1024 or None,  # KiB; 0: no limit
+        worker_proc_alive_timeout=180.0,
         task_default_queue=queue_name(),
         task_create_missing_queues=True,
         task_publish_retry=True,

@@ -3,9 +3,11 @@
 1. Claim the job atomically (a second delivery of the same job does nothing).
 2. Start a monitor thread: it writes heartbeat + progress at a bounded rate, even while one long
    step runs, and turns "cancel requested", "time limit reached" and "this attempt was given up on"
-   into a stop request that the estimator's progress callback returns to the sampler.
+   into a stop request that the estimator's progress callback returns to the sampler. A sampler
+   that does not stop within ``HARD_STOP_GRACE_S`` of such a request ends its process.
 3. Load the checkpoint and dataset (``worker.loading`` + ``api.storage.ArtifactStore``), build the
-   real ``LLCConfig`` (resolving defaults), run ``estimate_llc``.
+   real ``LLCConfig`` (resolving defaults), run ``estimate_llc`` with torch's threads sized to the
+   cores the job can have (``worker.cores``), resized from the progress callback as load changes.
 4. In ONE transaction: result summary, per-chain rows, trace chunks, status=succeeded. Rows left by
    an earlier attempt are replaced, so a re-run keeps exactly num_chains x num_draws values.
 
@@ -34,14 +36,19 @@ from api.jobs.lifecycle import CANCELLED, FAILED
 from api.models import Checkpoint, Dataset, Job
 from api.observability.logs import bind_context, job_logging
 from api.settings import Settings, get_settings
+from worker.cores import ThreadRule
 
 log = logging.getLogger("lambdahat.runner")
 
 TRACE_CHUNK_DRAWS = 1024  # draws per stored trace chunk (4 KiB of float32)
-HARD_STOP_GRACE_S = 30.0  # after the time limit, how long a cooperative stop may take before the process exits
+HARD_STOP_GRACE_S = 30.0  # after a stop request or the time limit, how long the sampler may take before the process exits
+THREADS_CHECK_INTERVAL_S = 1.0  # how often a running job's thread count is checked against the rule
 DB_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # a dropped connection or a database restart (~16 s in all)
 
 T = TypeVar("T")
+
+# Jobs this process has claimed: a warm job process or a Celery pool process runs many.
+_jobs_claimed_in_process = 0
 
 
 def in_transaction(settings: Settings, what: str, work: Callable[[Any], T]) -> T:
@@ -92,6 +99,8 @@ class JobMonitor(threading.Thread):
         self.progress = 0.0
         self.draws_done = 0
         self.stop_reason: str | None = None  # "cancelled" | "time_limit" | "lost" | "parent_gone"
+        self.threads: JobThreads | None = None  # resized from the main thread, in on_progress
+        self._stop_requested_at: float | None = None
         self._finished = threading.Event()
 
     # Called by the estimator (main thread): cheap, no I/O.
@@ -102,6 +111,8 @@ class JobMonitor(threading.Thread):
         self.draws_done = int(max(draws)) if draws else 0  # a diverged chain stops counting; the rest go on
         if self.stop_reason is None and time.monotonic() > self.deadline:
             self.stop_reason = "time_limit"
+        if self.threads is not None:
+            self.threads.check(int(getattr(event, "steps_done", 0) or 0))
         return self.stop_reason is None
 
     def finish(self) -> None:
@@ -117,7 +128,9 @@ class JobMonitor(threading.Thread):
                 self.stop_reason = "parent_gone"
             if time.monotonic() > self.deadline:
                 self.stop_reason = self.stop_reason or "time_limit"
-                if time.monotonic() > self.deadline + HARD_STOP_GRACE_S:
+            if self.stop_reason is not None:
+                self._stop_requested_at = self._stop_requested_at or time.monotonic()
+                if time.monotonic() > self._stop_requested_at + HARD_STOP_GRACE_S:
                     self._hard_stop()
 
     def _beat(self) -> None:
@@ -136,14 +149,19 @@ class JobMonitor(threading.Thread):
             self.stop_reason = "cancelled"
 
     def _hard_stop(self) -> None:
-        # The sampler did not return within the grace period (one enormous step, or stuck in native code):
-        # record the failure, then end this process. Celery replaces a lost pool process.
-        limit = self.settings.job_time_limit
-        log.error("job %s: time limit %.0fs exceeded and the sampler did not stop; exiting", self.job_id, limit)
+        # The sampler did not return within the grace period after a stop request (one enormous step,
+        # or stuck in native code): record the outcome, then end this process. The dispatcher or
+        # Celery starts a fresh process for the next job.
+        reason = self.stop_reason
+        log.error("job %s: asked to stop (%s) %.0f s ago and the sampler did not stop; exiting",
+                  self.job_id, reason, HARD_STOP_GRACE_S)
         try:
-            with session_scope(self.settings) as session:
-                lifecycle.finish_unsuccessfully(session, self.job_id, self.attempt, status=FAILED,
-                                                error=time_limit_message(limit, self.draws_done))
+            if reason in ("time_limit", "cancelled"):
+                status, error = (FAILED, time_limit_message(self.settings.job_time_limit, self.draws_done)) \
+                    if reason == "time_limit" else (CANCELLED, cancelled_message(self.draws_done, forced=True))
+                with session_scope(self.settings) as session:
+                    lifecycle.finish_unsuccessfully(session, self.job_id, self.attempt, status=status, error=error)
+            # "lost" / "parent_gone": whoever took the job over decides what happens to it.
         finally:
             os._exit(3)
 
@@ -151,6 +169,50 @@ class JobMonitor(threading.Thread):
 def time_limit_message(limit: float, draws_done: int) -> str:
     return (f"time limit of {limit:.0f} s exceeded after {draws_done} draws per chain; ask for fewer "
             "draws/chains or raise LAMBDAHAT_JOB_TIME_LIMIT")
+
+
+def cancelled_message(draws_done: int, *, forced: bool = False) -> str:
+    message = f"cancelled by request after {draws_done} draws per chain"
+    if forced:
+        message += f"; the sampler did not stop within {HARD_STOP_GRACE_S:.0f} s, so its process was ended"
+    return message
+
+
+class JobThreads:
+    """torch's thread count for one job: the rule's count at the start, checked again every
+    ``THREADS_CHECK_INTERVAL_S`` and changed when the rule's answer changes (another process starts
+    or stops using cores). Called from the job's main thread only: torch's thread count is the
+    calling thread's OpenMP setting."""
+
+    def __init__(self, rule: ThreadRule) -> None:
+        import torch
+
+        self._torch = torch
+        self.rule = rule
+        self.count, self.reason = rule.threads()
+        self.initial, self.initial_reason = self.count, self.reason
+        torch.set_num_threads(self.count)
+        self.changes: list[dict[str, Any]] = []
+        self._next_check = time.monotonic() + THREADS_CHECK_INTERVAL_S
+
+    def check(self, steps_done: int) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + THREADS_CHECK_INTERVAL_S
+        count, reason = self.rule.threads()
+        if count != self.count:
+            log.info("job threads %d -> %d at step %d (%s)", self.count, count, steps_done, reason)
+            self._torch.set_num_threads(count)
+            self.count, self.reason = count, reason
+            self.changes.append({"step": steps_done, "threads": count, "reason": reason})
+
+    def summary(self) -> dict[str, Any]:
+        """For the result's timings: the count the job started with, why, and any later changes."""
+        summary: dict[str, Any] = {"threads": self.initial, "threads_reason": self.initial_reason}
+        if self.changes:
+            summary["threads_changes"] = self.changes
+        return summary
 
 
 @job_logging  # every record logged while the job runs carries job_id and worker
@@ -162,13 +224,17 @@ def run_job(
     device: str | None = None,
     exit_with_parent: bool = False,
     fair: bool = False,
+    threads: ThreadRule | None = None,
 ) -> JobOutcome:
     """Claim and run one job to a final state. Never raises for job errors (they are recorded).
 
     ``fair``: ``job_id`` is only a hint; claim whichever queued job is fairest to run next
     (``lifecycle.claim_next_fair``), which is how Celery workers take work: a broker message is a
     "run the next fair job" token.
+    ``threads``: size torch's threads by this rule while the job runs (job processes pass theirs);
+    None leaves the thread count alone (a job run inside another program, as in the tests).
     """
+    global _jobs_claimed_in_process
     settings = settings or get_settings()
     worker_name = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
     device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
@@ -198,12 +264,15 @@ def run_job(
     if job_id != hint:
         log.info("token for job %s runs job %s, the fairest queued job", hint, job_id)
         bind_context(job_id=job_id)
-    log.info("job %s: attempt %d claimed by %s", job_id, attempt, worker_name)
+    _jobs_claimed_in_process += 1
+    job_process = {"pid": os.getpid(), "job_number": _jobs_claimed_in_process}
+    log.info("job %s: attempt %d claimed by %s (job %d of process %d)", job_id, attempt, worker_name,
+             job_process["job_number"], job_process["pid"])
 
     monitor = JobMonitor(settings, job_id, attempt, exit_with_parent=exit_with_parent)
     monitor.start()
     try:
-        result = _estimate(settings, job_id, attempt, monitor, device)
+        result = _estimate(settings, job_id, attempt, monitor, device, threads)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, readable job error
         monitor.finish()
         message = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
@@ -217,6 +286,11 @@ def run_job(
     if getattr(result, "stopped", False) or monitor.stop_reason is not None:
         return _finish_stopped(settings, job_id, attempt, monitor)
     rows = result_rows(result)
+    # How the job ran, beside the estimator's own timings: which process (its how-manieth job) and threads.
+    timings = rows["summary"].setdefault("timings", {})
+    timings["job_process"] = job_process
+    if monitor.threads is not None:
+        timings.update(monitor.threads.summary())
     written = in_transaction(settings, f"job {job_id}: storing the result",
                              lambda session: lifecycle.finish_succeeded(session, job_id, attempt, **rows)
                              or _already_finished(session, job_id, attempt, lifecycle.SUCCEEDED))
@@ -228,7 +302,8 @@ def run_job(
     return JobOutcome(job_id, "succeeded")
 
 
-def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor, device: str | None) -> Any:
+def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor, device: str | None,
+              threads: ThreadRule | None) -> Any:
     def read_inputs(session: Any) -> tuple[Any, Any, dict[str, Any], str]:
         job = session.get(Job, job_id)
         return session.get(Checkpoint, job.checkpoint_id), session.get(Dataset, job.dataset_id), dict(job.config or {}), job.loss
@@ -246,6 +321,8 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
         from worker.loading import load_dataset, load_model
     except Exception as exc:  # noqa: BLE001
         raise StepError("starting the job process", exc) from exc
+    if threads is not None:
+        monitor.threads = JobThreads(threads)
 
     if device and config.get("device", "auto") == "auto":
         config["device"] = device
@@ -286,8 +363,7 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
 def _finish_stopped(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor) -> JobOutcome:
     reason = monitor.stop_reason
     if reason == "cancelled":
-        return _finish_unsuccessfully(settings, job_id, attempt, CANCELLED,
-                                      f"cancelled by request after {monitor.draws_done} draws per chain")
+        return _finish_unsuccessfully(settings, job_id, attempt, CANCELLED, cancelled_message(monitor.draws_done))
     if reason == "time_limit":
         return _finish_unsuccessfully(settings, job_id, attempt, FAILED,
                                       time_limit_message(settings.job_time_limit, monitor.draws_done))

@@ -1,32 +1,40 @@
 """The embedded dispatcher: runs jobs on this machine without Redis or Celery (``lambdahat serve``).
 
-A thread in the API process. Each job runs in its own ``python -m worker.run_job JOB_ID`` subprocess
-(torch never enters the API process, and a crashing job cannot take the API down), at most
-``embedded_max_concurrent_jobs`` at a time, in fair order (``lifecycle.fair_queued_job_ids``:
-round-robin across owners, oldest job first within an owner). The thread wakes when a job is
-submitted (``wake_dispatchers``) or a job process ends, and polls otherwise.
+A thread in the API process. Jobs run in warm job processes (``python -m worker.job_process``), at
+most ``embedded_max_concurrent_jobs`` at a time, in fair order (``lifecycle.fair_queued_job_ids``:
+round-robin across owners, oldest job first within an owner). torch never enters the API process,
+and a crashing job cannot take the API down. One process per job slot starts with the dispatcher,
+warms up once (torch imported, tracing loaded) and then takes one job after another, so the
+checkpoints of a batch pay neither a process start nor imports (docs/jobs.md, "Warm job processes").
+The thread wakes when a job is submitted (``wake_dispatchers``), when a process reports a finished
+job or exits, and polls otherwise.
 
 - On start, jobs left ``running`` by a previous server are re-queued (or failed, if they used up
   their attempts): that server and its job processes are gone.
 - A job process that exits while its job is still ``running`` died mid-job: the job is re-queued or
-  failed by attempts, exactly as the reaper does for Celery workers.
+  failed by attempts, exactly as the reaper does for Celery workers, and a fresh process takes the
+  slot. The other jobs were never handed to it: they wait in the database.
+- A job process whose resident memory after a job exceeds ``job_process_max_rss_bytes`` is replaced
+  before the next job.
 - On stop, running job processes are terminated and their jobs re-queued without using an attempt.
-- Each job process writes its log to ``<data_dir>/logs/jobs/<job_id>.log``.
+- Each job writes its log to ``<data_dir>/logs/jobs/<job_id>.log``; each slot's processes write
+  their own lines (start, warm-up, exit) to ``<data_dir>/logs/job-process-<slot>.log``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from api.db import session_scope
 from api.jobs import lifecycle
@@ -38,6 +46,7 @@ log = logging.getLogger("lambdahat.dispatcher")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POLL_INTERVAL_S = 1.0
 HARD_KILL_MARGIN_S = 90.0  # beyond job_time_limit (+ the runner's own grace) before the dispatcher kills
+RESTART_BACKOFF_MAX_S = 60.0  # a process that keeps dying before it is warm is restarted at most this rarely
 
 _active: weakref.WeakSet[EmbeddedDispatcher] = weakref.WeakSet()
 
@@ -47,14 +56,6 @@ def wake_dispatchers(settings: Settings) -> None:
     for dispatcher in list(_active):
         if dispatcher.settings.database_url == settings.database_url:
             dispatcher.wake()
-
-
-@dataclass
-class _Child:
-    job_id: str
-    process: subprocess.Popen
-    log_file: IO[bytes]
-    started: float
 
 
 def job_process_env(settings: Settings) -> dict[str, str]:
@@ -67,11 +68,52 @@ def job_process_env(settings: Settings) -> dict[str, str]:
         else:
             env[key] = str(value)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    concurrency = max(1, settings.embedded_max_concurrent_jobs)
-    if concurrency > 1 and "OMP_NUM_THREADS" not in env:
-        # Several jobs at once share the cores instead of each assuming it has them all.
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
     return env
+
+
+class JobProcess:
+    """One warm job process, and the job it was handed (None while idle)."""
+
+    def __init__(self, slot: int, process: subprocess.Popen, log_file: IO[bytes]) -> None:
+        self.slot = slot
+        self.process = process
+        self.log_file = log_file
+        self.job_id: str | None = None
+        self.job_started = 0.0  # monotonic time the job was handed over
+        self.ready = False  # warmed up
+        self.retiring = False  # finishes no more jobs: its input is closed
+        self.jobs_done = 0
+        self.reader: threading.Thread | None = None
+
+    def hand(self, job_id: str) -> bool:
+        """Give the process a job; False if it can no longer take one (it just died)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write((json.dumps({"job_id": job_id}) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        self.job_id, self.job_started = job_id, time.monotonic()
+        return True
+
+    def retire(self) -> None:
+        """No more jobs: the process exits when it reads the end of its input."""
+        self.retiring = True
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        except OSError:
+            pass
+
+    def terminate(self, timeout: float) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
 
 
 class EmbeddedDispatcher:
@@ -82,9 +124,12 @@ class EmbeddedDispatcher:
         self.poll_interval = poll_interval
         self.device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
         self.max_concurrent = max(1, settings.embedded_max_concurrent_jobs)
-        self.log_dir = Path(settings.data_dir) / "logs" / "jobs"
-        self._children: dict[str, _Child] = {}
+        self.log_dir = Path(settings.data_dir) / "logs"
+        self._processes: dict[int, JobProcess] = {}  # slot -> its current process
+        self._restart_at: dict[int, float] = {}  # slot -> not before this monotonic time
+        self._early_deaths: dict[int, int] = {}  # slot -> processes in a row that died before they were warm
         self._start_failures: dict[str, int] = {}
+        self._events: queue.Queue[tuple[JobProcess, dict[str, Any]]] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,12 +137,14 @@ class EmbeddedDispatcher:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "jobs").mkdir(parents=True, exist_ok=True)
         self.requeue_orphans()
         _active.add(self)
+        for slot in range(self.max_concurrent):
+            self._processes[slot] = self._spawn(slot)  # warm before the first job arrives
         self._thread = threading.Thread(target=self._loop, name="lambdahat-dispatcher", daemon=True)
         self._thread.start()
-        log.info("embedded dispatcher started (up to %d job(s) at a time)", self.max_concurrent)
+        log.info("embedded dispatcher started (up to %d job(s) at a time, in warm job processes)", self.max_concurrent)
 
     def stop(self, timeout: float = 10.0) -> None:
         _active.discard(self)
@@ -105,17 +152,34 @@ class EmbeddedDispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
-        for child in list(self._children.values()):
-            self._terminate(child, timeout=5.0)
-            self._after_exit(child, graceful_stop=True)
-        self._children.clear()
+        for proc in list(self._processes.values()):
+            if proc.job_id is None:
+                proc.retire()
+            proc.terminate(timeout=5.0)
+            if proc.job_id is not None:
+                self._after_exit(proc, graceful_stop=True)
+            proc.log_file.close()
+        self._processes.clear()
 
     def wake(self) -> None:
         self._wake.set()
 
     @property
     def running_job_ids(self) -> list[str]:
-        return list(self._children)
+        """Jobs handed to a job process and not finished (the process may still be claiming them)."""
+        return [proc.job_id for proc in self._processes.values() if proc.job_id is not None]
+
+    def job_processes(self) -> list[dict[str, Any]]:
+        """One entry per slot's current process, for ``/v1/status``."""
+        return [{"slot": proc.slot, "pid": proc.process.pid, "warm": proc.ready, "busy": proc.job_id is not None,
+                 "jobs_done": proc.jobs_done} for proc in sorted(self._processes.values(), key=lambda p: p.slot)]
+
+    def job_process_pid(self, job_id: str) -> int | None:
+        """The pid of the process running ``job_id``, if one is."""
+        for proc in self._processes.values():
+            if proc.job_id == job_id:
+                return proc.process.pid
+        return None
 
     def requeue_orphans(self) -> list[lifecycle.Released]:
         """Jobs left running by a previous server: their processes are gone (or will stop on their own)."""
@@ -137,6 +201,7 @@ class EmbeddedDispatcher:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                self._collect_events()
                 self._collect_exited()
                 self._enforce_time_limit()
                 self._launch_queued()
@@ -146,61 +211,123 @@ class EmbeddedDispatcher:
             self._wake.clear()
 
     def _launch_queued(self) -> None:
-        free = self.max_concurrent - len(self._children)
-        if free <= 0 or self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        now = time.monotonic()
+        for slot in range(self.max_concurrent):
+            if slot not in self._processes and now >= self._restart_at.get(slot, 0.0):
+                self._processes[slot] = self._spawn(slot)
+        idle = [proc for proc in self._processes.values()
+                if proc.job_id is None and not proc.retiring and proc.process.poll() is None]
+        if not idle:
             return
         with session_scope(self.settings) as session:
-            job_ids = lifecycle.fair_queued_job_ids(session, limit=free, exclude=list(self._children))
-        for job_id in job_ids:
-            self._children[job_id] = self._spawn(job_id)
+            job_ids = lifecycle.fair_queued_job_ids(session, limit=len(idle), exclude=self.running_job_ids)
+        for proc, job_id in zip(idle, job_ids, strict=False):
+            if proc.hand(job_id):
+                log.info("job %s: handed to job process %d", job_id, proc.process.pid, extra={"job_id": job_id})
 
-    def _spawn(self, job_id: str) -> _Child:
-        log_file = open(self.log_dir / f"{job_id}.log", "ab")  # noqa: SIM115 - closed when the child exits
-        command = [sys.executable, "-m", "worker.run_job", job_id, "--worker", self.worker_name, "--exit-with-parent"]
+    def _spawn(self, slot: int) -> JobProcess:
+        log_file = open(self.log_dir / f"job-process-{slot}.log", "ab")  # noqa: SIM115 - closed when the process ends
+        replies_read, replies_write = os.pipe()
+        command = [sys.executable, "-m", "worker.job_process", "--worker", self.worker_name,
+                   "--reply-fd", str(replies_write)]
         if self.device:
             command += ["--device", self.device]
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=job_process_env(self.settings), cwd=str(PROJECT_ROOT),
-            start_new_session=True,  # Ctrl-C on the server reaches the server; it stops its jobs itself
-        )
-        log.info("job %s: started process %d", job_id, process.pid, extra={"job_id": job_id})
-        # Wake the loop the moment the process ends, to record the outcome and start the next job.
-        threading.Thread(target=self._wake_on_exit, args=(process,), name=f"job-{job_id[:8]}-exit",
-                         daemon=True).start()
-        return _Child(job_id, process, log_file, time.monotonic())
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+                env=job_process_env(self.settings), cwd=str(PROJECT_ROOT), pass_fds=(replies_write,),
+                start_new_session=True,  # Ctrl-C on the server reaches the server; it stops its jobs itself
+            )
+        finally:
+            os.close(replies_write)
+        proc = JobProcess(slot, process, log_file)
+        proc.reader = threading.Thread(target=self._read_replies, args=(proc, replies_read),
+                                       name=f"job-process-{slot}-replies", daemon=True)
+        proc.reader.start()
+        log.info("job process %d started in slot %d", process.pid, slot)
+        return proc
 
-    def _wake_on_exit(self, process: subprocess.Popen) -> None:
-        process.wait()
+    def _read_replies(self, proc: JobProcess, fd: int) -> None:
+        """Queue the process's replies and wake the loop; at the end of them, wait for the process to exit."""
+        with os.fdopen(fd, "rb") as replies:
+            for line in replies:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    self._events.put((proc, message))
+                    self._wake.set()
+        proc.process.wait()
         self._wake.set()
 
+    def _collect_events(self) -> None:
+        while True:
+            try:
+                proc, message = self._events.get_nowait()
+            except queue.Empty:
+                return
+            event = message.get("event")
+            if event == "ready":
+                proc.ready = True
+                self._early_deaths.pop(proc.slot, None)
+                log.info("job process %d is warm (%.2f s)", proc.process.pid, message.get("warmup_s", float("nan")))
+            elif event == "finished" and message.get("job_id") == proc.job_id:
+                proc.job_id = None
+                proc.jobs_done += 1
+                rss = int(message.get("rss_bytes") or 0)
+                limit = self.settings.job_process_max_rss_bytes
+                if limit and rss > limit and not proc.retiring:
+                    log.info("job process %d holds %.0f MiB after %d job(s), above the %.0f MiB limit; replacing it",
+                             proc.process.pid, rss / 2**20, proc.jobs_done, limit / 2**20)
+                    proc.retire()
+
     def _collect_exited(self) -> None:
-        for job_id, child in list(self._children.items()):
-            if child.process.poll() is None:
+        for slot, proc in list(self._processes.items()):
+            if proc.process.poll() is None:
                 continue
-            del self._children[job_id]
-            self._after_exit(child)
+            del self._processes[slot]
+            if proc.reader is not None:
+                proc.reader.join(timeout=2.0)  # its last replies are queued
+            self._collect_events()
+            if proc.job_id is not None:
+                self._after_exit(proc)
+            if not proc.ready and not proc.retiring and not self._stopping.is_set():
+                deaths = self._early_deaths.get(slot, 0) + 1
+                self._early_deaths[slot] = deaths
+                delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** (deaths - 1))
+                self._restart_at[slot] = time.monotonic() + delay
+                log.error("job process %d died before it was warm (%s); restarting slot %d in %.1f s; see %s",
+                          proc.process.pid, _describe_exit(proc.process.returncode), slot, delay,
+                          self.log_dir / f"job-process-{slot}.log")
+            proc.log_file.close()
 
     def _enforce_time_limit(self) -> None:
         limit = self.settings.job_time_limit + HARD_KILL_MARGIN_S
-        for child in list(self._children.values()):
-            if time.monotonic() - child.started > limit and child.process.poll() is None:
-                log.error("job %s: process %d exceeded the time limit and did not stop; killing it",
-                          child.job_id, child.process.pid, extra={"job_id": child.job_id})
-                self._terminate(child, timeout=2.0)
-                with session_scope(self.settings) as session:
-                    job = session.get(Job, child.job_id)
-                    if job is not None and job.status == lifecycle.RUNNING:
-                        lifecycle.finish_unsuccessfully(
-                            session, job.id, job.attempts, status=lifecycle.FAILED,
-                            error=f"time limit of {self.settings.job_time_limit:.0f} s exceeded; the job process "
-                                  "did not stop and was killed")
+        for proc in list(self._processes.values()):
+            job_id = proc.job_id
+            if job_id is None or time.monotonic() - proc.job_started <= limit or proc.process.poll() is not None:
+                continue
+            log.error("job %s: process %d exceeded the time limit and did not stop; killing it",
+                      job_id, proc.process.pid, extra={"job_id": job_id})
+            proc.terminate(timeout=2.0)
+            with session_scope(self.settings) as session:
+                job = session.get(Job, job_id)
+                if job is not None and job.status == lifecycle.RUNNING:
+                    lifecycle.finish_unsuccessfully(
+                        session, job.id, job.attempts, status=lifecycle.FAILED,
+                        error=f"time limit of {self.settings.job_time_limit:.0f} s exceeded; the job process "
+                              "did not stop and was killed")
 
-    def _after_exit(self, child: _Child, *, graceful_stop: bool = False) -> None:
-        child.log_file.close()
-        code = child.process.returncode
+    def _after_exit(self, proc: JobProcess, *, graceful_stop: bool = False) -> None:
+        """The process ended while it had a job: settle the job by what the database says of it."""
+        code = proc.process.returncode
+        job_id = proc.job_id
+        proc.job_id = None
         with session_scope(self.settings) as session:
-            job = session.get(Job, child.job_id)
+            job = session.get(Job, job_id)
             if job is None:
                 return
             if job.status == lifecycle.RUNNING and job.worker == self.worker_name:
@@ -211,25 +338,15 @@ class EmbeddedDispatcher:
                 if released is not None:
                     log.warning("job %s: %s -> %s", job.id, why, released.outcome, extra={"job_id": job.id})
             elif job.status == lifecycle.QUEUED and not graceful_stop:
-                # The process ended without claiming the job: it could not start (bad environment?).
+                # The process ended before it claimed the job: it could not start (bad environment?).
                 failures = self._start_failures.get(job.id, 0) + 1
                 self._start_failures[job.id] = failures
                 if failures >= self.settings.max_attempts:
-                    tail = _log_tail(self.log_dir / f"{job.id}.log")
+                    job_log = self.log_dir / "jobs" / f"{job.id}.log"
+                    tail = _log_tail(job_log if _has_text(job_log) else self.log_dir / f"job-process-{proc.slot}.log")
                     lifecycle.fail_unstarted(
                         session, job.id,
                         f"the job process could not start ({_describe_exit(code)}, {failures} times): {tail}")
-
-    @staticmethod
-    def _terminate(child: _Child, timeout: float) -> None:
-        if child.process.poll() is not None:
-            return
-        child.process.send_signal(signal.SIGTERM)
-        try:
-            child.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            child.process.wait(timeout=timeout)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -241,6 +358,13 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def _has_text(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _log_tail(path: Path, max_chars: int = 500) -> str:

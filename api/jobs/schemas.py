@@ -146,6 +146,9 @@ class JobResultPublic(BaseModel):
     warnings: list[ChainWarning] = Field(default_factory=list)
     timings: dict[str, Any] = Field(default_factory=dict)
     chain_mode: str | None = None
+    chain_mode_reason: str | None = Field(default=None, description=(
+        "Why the chains ran vectorised or one at a time, and whether the gradient kernel ran as a traced "
+        "graph (reused from an earlier job of the same architecture in the same process, or traced anew)."))
 
 
 class JobTimings(BaseModel):
@@ -200,6 +203,7 @@ class JobPublic(BaseModel):
                 warnings=summary.get("warnings") or [],
                 timings=summary.get("timings") or {},
                 chain_mode=summary.get("chain_mode"),
+                chain_mode_reason=summary.get("chain_mode_reason"),
             )
         return cls(
             id=job.id,

@@ -114,6 +114,7 @@ def cluster_status(session: Any, settings: Settings, *, owner: str | None, dispa
             if owner is None:
                 embedded["running_job_ids"] = dispatcher.running_job_ids
             embedded["running_jobs"] = len(dispatcher.running_job_ids)
+            embedded["job_processes"] = dispatcher.job_processes()
 
     return {
         "time": _iso(now),

@@ -144,6 +144,11 @@ def upload(client: httpx.Client, checkpoint: Path, dataset: Path, architecture: 
     return response.json()["id"], dataset_id
 
 
+def warm_processes(server: Server) -> list[dict]:
+    """The embedded server's job processes, as ``/v1/status`` reports them."""
+    return server.client.get("/v1/status").json()["embedded"]["job_processes"]
+
+
 def wait_job(client: httpx.Client, job_id: str, timeout: float, until: Callable[[dict], bool] | None = None) -> dict:
     until = until or (lambda job: job["status"] in ("succeeded", "failed", "cancelled"))
     return wait_for(lambda: (lambda job: job if until(job) else None)(client.get(f"/v1/jobs/{job_id}").json()),

@@ -62,7 +62,7 @@ def test_a_job_whose_process_keeps_dying_fails_with_the_reason(api, seeded, disp
     def kill_running_attempt(attempt: int) -> None:
         wait_for(lambda: job()["attempts"] == attempt and job()["progress"] > 0, 60, f"attempt {attempt} to run")
         # Out of memory, say. The dispatcher notices at once (not at its next 30 s poll).
-        os.kill(dispatcher._children[job_id].process.pid, signal.SIGKILL)  # noqa: SLF001
+        os.kill(dispatcher.job_process_pid(job_id), signal.SIGKILL)
 
     kill_running_attempt(1)
     wait_for(lambda: job()["attempts"] == 2, 20, "the job to be re-queued and started again")
