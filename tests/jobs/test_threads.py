@@ -30,6 +30,9 @@ class Measured:
     def __init__(self, busy_elsewhere: float | None) -> None:
         self.busy_elsewhere = busy_elsewhere
 
+    def measure(self) -> float | None:
+        return self.busy_elsewhere
+
 
 @pytest.mark.parametrize(("usable", "busy", "slots", "omp", "expected"), [
     (2, 0.0, 1, None, 2),

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line with time, level, logger, message and job_id/worker
-where known; from the job process (``python -m worker.run_job``, what the embedded dispatcher runs)
-for real. Celery workers' and the API's JSON logs are checked in test_status_cli.py / test_metrics.py."""
+where known; from a warm job process (``python -m worker.job_process``, what the embedded dispatcher
+runs) for real. Celery workers' and the API's JSON logs are checked in test_status_cli.py / test_metrics.py."""
 
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ def database_url(sqlite_url):  # noqa: ANN001 - the log format does not depend o
 
 
 def test_job_process_writes_json_lines_with_the_job_id(api) -> None:  # noqa: ANN001, F811
-    """``python -m worker.run_job`` (one job per process, as the embedded dispatcher runs it)."""
+    """``python -m worker.job_process`` handed one job, as the embedded dispatcher does: the job's own
+    lines go to its log file, the process's lines (warm-up, exit) to its output; all JSON."""
     seeded = seed_artifacts(api.settings, api.owner)
     config = {"num_chains": 1, "num_draws": 20, "num_burnin_steps": 5, "epsilon": 1e-3, "gamma": 100.0,
               "batch_size": 32, "seed": 0, "device": "cpu"}
@@ -140,15 +141,28 @@ def test_job_process_writes_json_lines_with_the_job_id(api) -> None:  # noqa: AN
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
     env.update(LAMBDAHAT_DATA_DIR=str(api.settings.data_dir), LAMBDAHAT_DATABASE_URL=api.settings.database_url,
                LAMBDAHAT_LOG_FORMAT="json", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "worker.run_job", job_id, "--worker", "json-worker"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    replies_read, replies_write = os.pipe()
+    process = subprocess.Popen([sys.executable, "-m", "worker.job_process", "--worker", "json-worker",
+                                "--reply-fd", str(replies_write)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(replies_write,), text=True)
+    os.close(replies_write)
+    output, _ = process.communicate(json.dumps({"job_id": job_id}) + "\n", timeout=120)
+    with os.fdopen(replies_read) as replies_file:
+        replies = [json.loads(line) for line in replies_file]
+    assert process.returncode == 0, output
+    assert [r["event"] for r in replies] == ["ready", "finished"]
+    assert replies[1]["job_id"] == job_id and replies[1]["status"] == "succeeded" and replies[1]["rss_bytes"] > 0
+
+    job_log = Path(api.settings.data_dir) / "logs" / "jobs" / f"{job_id}.log"
+    records = [json.loads(line) for line in job_log.read_text().splitlines() if line.strip()]  # all JSON
     runner = [r for r in records if r["logger"] == "lambdahat.runner"]
     assert any("claimed by json-worker" in r["message"] for r in runner)
     assert any("succeeded" in r["message"] for r in runner)
     assert all(r["job_id"] == job_id and r["worker"] == "json-worker" for r in runner)
     summary = records[-1]
-    assert summary["logger"] == "lambdahat.run_job" and summary["job_id"] == job_id
+    assert summary["logger"] == "lambdahat.job_process" and summary["job_id"] == job_id
+
+    own = [json.loads(line) for line in output.splitlines() if line.strip()]  # the process's lines, JSON too
+    assert any("warm after" in r["message"] for r in own) and all(r["worker"] == "json-worker" for r in own)
+    assert not any(r.get("job_id") == job_id for r in own)  # the job's lines went to the job's log
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
