@@ -150,14 +150,19 @@ class Deployment:
             subprocess.run([sys.executable, "-m", "client.cli", "db", "upgrade"], env=env, cwd=root, check=True,
                            capture_output=True)
         self.env = env
-        self._start(["serve", "--port", str(self.port)], "serve.log")
-        _wait(self._healthy, 90, "the server")
-        self.client = httpx.Client(base_url=self.url, timeout=60,
-                                   headers={"Authorization": f"Bearer {(data_dir / 'api_key').read_text().strip()}"})
-        if mode == "celery":
-            log = self._start(["worker", "--name", "bench", "--queues", env["LAMBDAHAT_QUEUE"]], "worker.log")
-            _wait(lambda: "ready." in log.read_text(errors="replace"), 90, "the worker")
-        self.wait_until_warm()
+        self.client: httpx.Client | None = None
+        try:
+            self._start(["serve", "--port", str(self.port)], "serve.log")
+            _wait(self._healthy, 90, "the server")
+            self.client = httpx.Client(base_url=self.url, timeout=60, headers={
+                "Authorization": f"Bearer {(data_dir / 'api_key').read_text().strip()}"})
+            if mode == "celery":
+                log = self._start(["worker", "--name", "bench", "--queues", env["LAMBDAHAT_QUEUE"]], "worker.log")
+                _wait(lambda: "ready." in log.read_text(errors="replace"), 90, "the worker")
+            self.wait_until_warm()
+        except BaseException:
+            self.stop()
+            raise
 
     def _start(self, args: list[str], log_name: str) -> Path:
         log = self.workdir / log_name
@@ -227,7 +232,8 @@ class Deployment:
         return {"wall_s": elapsed, "llc": [row["llc_mean"] for row in results]}
 
     def stop(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

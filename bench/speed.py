@@ -5,6 +5,7 @@ batch size for every contender (issue 2, "Speed and memory"):
 
     .venv/bin/python bench/speed.py                    # both models, all contenders, CPU, 3 repeats
     .venv/bin/python bench/speed.py --models mlp --repeats 5 --threads 2
+    .venv/bin/python bench/speed.py --models mlp --repeats 5 --threads 0   # torch's default thread count
     .venv/bin/python bench/speed.py --device cuda      # GPU: adds 1 vs 8 vmapped chains of the MLP
 
 Each measurement is a fresh subprocess (bench/speed_runner.py) so that its peak RSS is its own, and
@@ -138,8 +139,13 @@ def run_one(contender: str, model_name: str, problem: Path, args, **overrides) -
         command += [f"--{key}", str(value)]
     env = dict(os.environ)
     # Same thread count everywhere (torch.set_num_threads in the runner; these cover OpenMP/MKL pools).
-    env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    # --threads 0: torch's default for every contender, as a user who sets nothing gets it.
+    env.update({"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})
+    if args.threads:
+        env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
+    else:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(name, None)
     env.pop("VIRTUAL_ENV", None)
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     if completed.returncode != 0:
@@ -181,7 +187,7 @@ def format_tables(results: dict, facts: dict, args) -> str:
             f"\n### {model_name}: P = {fact['params']:,} parameters, n = {args.n:,}, "
             f"{args.num_chains} chains x {args.draws[model_name]} draws, batch {args.batch_size}, "
             f"epsilon {args.epsilon:g}, gamma {args.gamma:g}, nbeta {args.nbeta:.3f}, "
-            f"{args.threads} thread(s), {args.device}, median of {args.repeats}\n"
+            f"{args.threads or f'torch default ({os.cpu_count()})'} thread(s), {args.device}, median of {args.repeats}\n"
         )
         lines.append(f"| contender | version | steps | wall s (each run) | CPU s (each run) | steps/s ({args.clock}) "
                      f"| time / bare | devinterp time / lambdahat time | λ̂ (median run) |")  # fmt: skip
@@ -283,7 +289,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per contender (median reported)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for every contender")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every contender; 0: torch's default (one per core)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--n", type=int, default=10_000, help="dataset size")
     parser.add_argument("--num-chains", type=int, default=4)

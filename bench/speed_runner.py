@@ -303,7 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-draws", type=int, default=5, help="draws of the untimed warm-up call")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    if args.threads:  # 0: torch's default
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     runner = RUNNERS[args.contender]
     model, x, y = load_problem(args.problem, args.model)
