@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from tests.jobs.processes import Deployment, submit, upload, wait_job, write_artifacts
+from tests.jobs.processes import JOB_CONFIG, Deployment, submit, upload, wait_job, write_artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -111,3 +111,34 @@ def test_jobs_queued_when_redis_lost_its_queue_still_run(deployment, artifacts):
         assert all(j["attempts"] == 1 for j in jobs)
     finally:
         d.close()
+
+
+def test_a_worker_pool_process_stays_warm_across_jobs_until_it_holds_too_much_memory(deployment, artifacts):  # noqa: ANN001
+    """The Celery pool process warms up once and runs job after job; with a memory limit below what
+    any process holds, Celery replaces it after every job, and every job still succeeds alike."""
+    results = {}
+    for limit in (None, 2**20):
+        d = deployment(heartbeat_interval=0.5, job_process_max_rss_bytes=limit)
+        server = d.serve(f"server-{limit}.log")
+        worker = d.worker(f"warm-{limit}")
+        try:
+            ids = upload(server.client, *artifacts)
+            jobs = []
+            for seed in range(3):  # one at a time, so each job's process is the one left by the last
+                response = server.client.post("/v1/jobs", json={  # force: not answered from the first round
+                    "checkpoint_id": ids[0], "dataset_id": ids[1], "loss": "cross_entropy", "force": True,
+                    "config": {**JOB_CONFIG, "seed": seed}})
+                assert response.status_code == 202, response.text
+                jobs.append(wait_job(server.client, response.json()["id"], timeout=120))
+            assert [j["status"] for j in jobs] == ["succeeded"] * 3, d.logs()
+            results[limit] = [j["result"]["llc_per_chain"] for j in jobs]
+            processes = [(j["result"]["timings"]["job_process"]["pid"], j["result"]["timings"]["job_process"]["job_number"])
+                         for j in jobs]
+            if limit is None:
+                assert len({pid for pid, _ in processes}) == 1 and [n for _, n in processes] == [1, 2, 3]
+                assert "pool process warm after" in worker.log(200_000)
+            else:
+                assert len({pid for pid, _ in processes}) == 3 and all(n == 1 for _, n in processes)
+        finally:
+            d.close()
+    assert results[None] == results[2**20]  # warm or fresh, the same numbers

@@ -100,3 +100,51 @@ def test_time_limit_fails_the_job(api, seeded):  # noqa: ANN001
     assert time.monotonic() - started < 15
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and "time limit of 2 s exceeded" in job["error"]
+
+
+STUCK_SAMPLER = r"""
+import sys, time
+import estimator
+import worker.runner as runner
+
+runner.HARD_STOP_GRACE_S = 1.0
+
+
+class Event:
+    steps_done, total_steps, draws_done = 1, 10, [1]
+
+
+def stuck(model, data, loss, config, progress):
+    progress(Event())
+    time.sleep(120)  # one enormous step that never reports back (native code, say)
+
+
+estimator.estimate_llc = stuck
+runner.run_job(sys.argv[1])
+"""
+
+
+def test_a_cancelled_job_whose_sampler_does_not_stop_ends_its_process(api, seeded):  # noqa: ANN001
+    """Cancellation is cooperative; a sampler that never returns to the progress callback must not
+    hold the process (a warm job process or a Celery pool process) and the jobs after it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.jobs.processes import ROOT
+
+    job_id = submit(api, seeded)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAMBDAHAT_DATA_DIR": str(api.settings.data_dir),
+           "LAMBDAHAT_DATABASE_URL": api.settings.database_url, "LAMBDAHAT_HEARTBEAT_INTERVAL": "0.2"}
+    process = subprocess.Popen([sys.executable, "-c", STUCK_SAMPLER, job_id], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_running(api, job_id)
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 3, output
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled", job
+    assert "the sampler did not stop within 1 s, so its process was ended" in job["error"]
