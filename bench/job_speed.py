@@ -335,7 +335,8 @@ def run_batch(args: argparse.Namespace, work: Path, dataset: Path, checkpoints: 
               roots: dict[str, Path]) -> list[dict]:
     library = library_calls(dataset, [checkpoints[0], *checkpoints], BATCH_CONFIG, 1)["calls"][1:]
     warm_call = statistics.median(library)
-    rows = [_row("batch", "none", "library, 1 thread, warm (per checkpoint)", "", [warm_call])]
+    rows = [_row("batch", "none", "library, 1 thread, warm (per checkpoint)", "", [warm_call],
+                 checkpoints=len(checkpoints))]
     for version, root in roots.items():
         repeats = args.repeats if version == "this" else args.compare_repeats
         for mode in args.modes:
@@ -385,7 +386,7 @@ def print_tables(rows: list[dict], compare_ref: str | None) -> None:
                   f"| {busy} | {r['contender']} | - | {r['median_s']:.2f} ({each}) | {r['median_s'] / base:.2f}x | - | - |")
     batch = [r for r in rows if r["scenario"] == "batch"]
     if batch:
-        print(f"\n### batch: {BATCH_SIZE} checkpoints of the 16-64-4 MLP, 2 chains x 200 steps each\n")
+        print(f"\n### batch: {batch[0]['checkpoints']} checkpoints of the 16-64-4 MLP, 2 chains x 200 steps each\n")
         print("| contender | code | per checkpoint s (each run) | overhead per job s | batch wall s |")
         print("|---|---|---:|---:|---:|")
         for r in batch:
@@ -419,6 +420,7 @@ def main() -> int:
     parser.add_argument("--modes", default="embedded,celery", help="service contenders: embedded, celery")
     parser.add_argument("--busy", default="none,one", help="single job: none (idle machine), one (one core busy)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoints", type=int, default=BATCH_SIZE, help="checkpoints in the batch scenario")
     parser.add_argument("--compare-ref", default=None, help="also run the service contenders from this commit")
     parser.add_argument("--compare-repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "job_speed.json")
@@ -437,7 +439,7 @@ def main() -> int:
                            check=True, capture_output=True)
             roots[args.compare_ref] = ref_root
         print(f"machine: {machine()}", flush=True)
-        dataset, checkpoints = write_artifacts(work, BATCH_SIZE)
+        dataset, checkpoints = write_artifacts(work, args.checkpoints)
         rows: list[dict] = []
         if "single" in scenarios:
             rows += run_single(args, work, dataset, checkpoints[-1], roots)
