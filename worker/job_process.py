@@ -82,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     job_logs.mkdir(parents=True, exist_ok=True)
     replies = os.fdopen(args.reply_fd, "w", buffering=1)
 
-    def reply(**message: Any) -> None:
-        replies.write(json.dumps(message) + "\n")
+    def reply(**message: Any) -> bool:
+        """False once the dispatcher is gone (its end of the pipe closed)."""
+        try:
+            replies.write(json.dumps(message) + "\n")
+            return True
+        except OSError:
+            return False
 
     # The rule's meter first: the warm-up is its first measuring window.
     threads = ThreadRule.for_process(job_slots=settings.embedded_max_concurrent_jobs,
@@ -103,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_job(job_id, worker_name=args.worker, device=args.device, exit_with_parent=True,
                               threads=threads)
             log.info("job %s: %s %s", outcome.job_id, outcome.status, outcome.detail, extra={"job_id": job_id})
-        reply(event="finished", job_id=job_id, status=outcome.status, rss_bytes=release_memory())
+        if not reply(event="finished", job_id=job_id, status=outcome.status, rss_bytes=release_memory()):
+            break
     log.info("job process %d: no more jobs; exiting", os.getpid())
     return 0
 
