@@ -980,9 +980,8 @@ def _yield_to_compute_threads() -> None:
 
     With torch's default thread count the compute threads occupy every core. A noise thread of
     equal priority then preempts one of them in the middle of a parallel region, and the whole
-    region waits at its barrier for the preempted thread (measured on 2 cores with 2 threads: the
-    minibatch gather, a parallel op started as the noise thread wakes, took 1.25 ms per step
-    instead of 0.13). At the idle scheduling class (or, where that is refused, the lowest nice
+    region waits at its barrier for the preempted thread (docs/benchmarks.md, "Torch's default
+    thread count"). At the idle scheduling class (or, where that is refused, the lowest nice
     value) the noise runs in the cores' idle moments, or else while the main thread waits for it,
     as if drawn inline. Results do not depend on it: each chain's generator is consumed in the
     same order either way.

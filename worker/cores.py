@@ -2,9 +2,9 @@
 
 torch starts one intra-op thread per core of the machine, whatever else runs there. Its parallel
 regions end at a barrier, so when another process keeps a core busy, every region waits for the
-thread the scheduler took away: on a 2-core machine with one core busy, a 16-64-4 MLP job took
-197 s with torch's default 2 threads and 7.8 s with one (docs/benchmarks.md, "Jobs"). The rule
-(docs/jobs.md, "Threads"), applied when a job starts and every few seconds while it runs:
+thread the scheduler took away, and a job runs many times slower than with one thread fewer
+(docs/benchmarks.md, "Jobs"). The rule (docs/jobs.md, "Threads"), applied when a job starts and
+every second while it runs:
 
     threads = max(1, min(cap, floor((usable - busy_elsewhere) / job_slots + SLACK)))
 

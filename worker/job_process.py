@@ -2,9 +2,9 @@
 
 The process starts once, imports torch and runs one tiny estimate (which loads what tracing and
 ``vmap`` load on first use), then runs the jobs the dispatcher hands it, one at a time, for as long
-as it lives. The next checkpoint of a batch pays neither the import (about 1.7 s) nor that first
-use (about 1.4 s), and reuses the traced gradient graph of a model of the same architecture, with
-the weights as inputs (the graph cache in ``estimator/functional.py`` checks a reused graph bit for
+as it lives. The next checkpoint of a batch pays neither the import nor that first use (seconds
+each, against a fraction of a second for a small model's estimate), and reuses the traced gradient
+graph of a model of the same architecture, with the weights as inputs (the graph cache in ``estimator/functional.py`` checks a reused graph bit for
 bit before trusting it).
 
 Jobs stay isolated where it matters. Each job is claimed, fenced, heartbeated, cancelled and timed

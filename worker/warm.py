@@ -18,8 +18,9 @@ def warm_up() -> float:
     """Import what a job uses, run one tiny estimate, and freeze what that left for the garbage
     collector; returns the seconds it took.
 
-    The freeze matters: torch and its friends leave about 300,000 objects, and every full collection
-    walks them all (0.15 s each here), between jobs and in the middle of one. Frozen, they are skipped.
+    The freeze matters: importing torch leaves hundreds of thousands of long-lived objects, and every
+    full collection walks them all, between jobs and in the middle of one (a tenth of a second or
+    more each: docs/benchmarks.md, "Jobs"). Frozen, they are skipped.
     """
     start = time.perf_counter()
     import torch
