@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from estimator.config import LOSSES
+
 app = typer.Typer(help="lambdahat: local learning coefficient estimation for PyTorch checkpoints.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -395,7 +397,7 @@ def list_jobs(
 def submit(
     checkpoint_id: Annotated[str, typer.Argument(help="Checkpoint id.", show_default=False)],
     dataset: Annotated[str, typer.Option(help="Dataset id.", show_default=False)],
-    loss: Annotated[str, typer.Option(help="cross_entropy, mse, nll or bce_with_logits.", show_default=False)],
+    loss: Annotated[str, typer.Option(help=" | ".join(LOSSES), show_default=False)],
     config: ConfigOption = None,
     set_: SetOption = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Resubmitting with the same key returns the same job.")] = None,
@@ -422,7 +424,7 @@ def submit(
 @_user_command
 def batch(
     dataset: Annotated[str, typer.Option(help="Dataset id.", show_default=False)],
-    loss: Annotated[str, typer.Option(help="cross_entropy, mse, nll or bce_with_logits.", show_default=False)],
+    loss: Annotated[str, typer.Option(help=" | ".join(LOSSES), show_default=False)],
     collection: Annotated[str | None, typer.Option(help="Score every checkpoint of this collection.")] = None,
     checkpoint: Annotated[list[str] | None, typer.Option(help="Score this checkpoint id (repeatable).")] = None,
     config: ConfigOption = None,

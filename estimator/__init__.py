@@ -4,11 +4,33 @@
     result = estimate_llc(model, (inputs, targets), loss="cross_entropy", config=LLCConfig(seed=0))
 
 A pure library (torch + numpy). See docs/estimator.md.
+
+Importing the package does not import torch: ``LLCConfig`` and the vocabulary of accepted names
+(``estimator.config``) are plain Python, so the API validates job configs with the estimator's own
+rules without loading torch. The other names load torch on first use.
 """
 
-from .calibrate import CalibrationResult, calibrate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import LLCConfig
-from .llc import estimate_llc
-from .result import LLCResult, ProgressEvent
+
+if TYPE_CHECKING:
+    from .calibrate import CalibrationResult, calibrate
+    from .llc import estimate_llc
+    from .result import LLCResult, ProgressEvent
+
+_LAZY = {"CalibrationResult": ".calibrate", "calibrate": ".calibrate", "estimate_llc": ".llc",
+         "LLCResult": ".result", "ProgressEvent": ".result"}
 
 __all__ = ["CalibrationResult", "LLCConfig", "LLCResult", "ProgressEvent", "calibrate", "estimate_llc"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

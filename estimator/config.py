@@ -1,7 +1,11 @@
-"""``LLCConfig``: every knob of an LLC estimate, validated on construction.
+"""``LLCConfig``: every knob of an LLC estimate, validated on construction, and the names the
+estimator accepts (samplers, losses, chain modes, dtypes).
 
 Fields left at ``None`` are resolved by :func:`estimator.estimate_llc` from the model and data
 (the rules are in docs/estimator.md); the resolved values are reported in ``LLCResult.config``.
+
+Plain Python, no torch: the API imports this module to check job configs by these rules, and the
+estimator's own tables (``samplers.KERNELS``, ``losses.LOSSES``) are keyed by these names.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLERS = ("sgld", "rmsprop_sgld", "sgnht")
+LOSSES = ("cross_entropy", "mse", "nll", "bce_with_logits")  # by name; estimate_llc also takes a callable
 CHAIN_MODES = ("auto", "vmap", "sequential")
 DTYPES = ("float32", "float64")
 
@@ -140,6 +145,17 @@ class LLCConfig:
         if isinstance(values.get("mala_band"), list):
             values["mala_band"] = tuple(values["mala_band"])
         return cls(**values)
+
+
+def constant_defaults() -> dict[str, Any]:
+    """The fields whose default is a fixed value, as JSON values. The others default to None and are
+    resolved from the model and data when an estimate runs."""
+    defaults = {}
+    for f in dataclasses.fields(LLCConfig):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if value is not None:
+            defaults[f.name] = list(value) if isinstance(value, tuple) else value
+    return defaults
 
 
 def _valid_device(device: str) -> bool:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .config import LOSSES as LOSS_NAMES
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -37,6 +39,8 @@ LOSSES: dict[str, LossFn] = {
     "nll": _nll,
     "bce_with_logits": _bce_with_logits,
 }
+if tuple(LOSSES) != LOSS_NAMES:
+    raise ImportError(f"estimator.config.LOSSES {LOSS_NAMES} and the loss table {tuple(LOSSES)} disagree")
 
 # Targets of these losses are class indices: never cast them to the float dtype of the chains.
 INTEGER_TARGET_LOSSES = ("cross_entropy", "nll")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.jobs.schemas import LLCConfigIn, as_utc
+from api.jobs.schemas import LLCConfigIn, LossName, as_utc
 
 MAX_BATCH_CHECKPOINTS = 10_000
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -19,8 +19,7 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    loss: Literal["cross_entropy", "mse", "nll", "bce_with_logits"] = Field(
-        description="Per-sample loss (negative log-likelihood) the LLC is measured for.")
+    loss: LossName = Field(description="Per-sample loss (negative log-likelihood) the LLC is measured for.")
     config: LLCConfigIn = Field(default_factory=LLCConfigIn)
     collection: str | None = Field(None, min_length=1, max_length=300,
                                    description="Score every checkpoint of this collection.")

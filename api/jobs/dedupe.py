@@ -15,47 +15,19 @@ Only the owner's own jobs are ever reused: results never cross owners.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.models import Checkpoint, Dataset, Job, JobStatus, utcnow
+from estimator.config import constant_defaults
 
-ESTIMATOR_CONFIG_SOURCE = Path(__file__).resolve().parents[2] / "estimator" / "config.py"
-
-
-def _constant_defaults(source: Path = ESTIMATOR_CONFIG_SOURCE) -> dict[str, Any]:
-    """``LLCConfig``'s literal defaults, read from the estimator's source with ``ast`` (importing the
-    estimator would import torch). Fields defaulting to None are resolved by the worker from the
-    fingerprinted inputs, so they are left out. tests/batches/test_dedupe.py compares the result
-    with the real ``LLCConfig``."""
-    try:
-        tree = ast.parse(source.read_text())
-    except OSError:  # estimator sources not deployed with the API: only explicit settings count (less reuse)
-        return {}
-    config_class = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "LLCConfig")
-    defaults: dict[str, Any] = {}
-    for node in config_class.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
-            continue
-        value = node.value
-        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":  # field(default=...)
-            value = next((k.value for k in value.keywords if k.arg == "default"), None)
-        try:
-            literal = ast.literal_eval(value) if value is not None else None
-        except ValueError:
-            continue  # not a literal (a factory): not a constant default
-        if literal is not None:
-            defaults[node.target.id] = list(literal) if isinstance(literal, tuple) else literal
-    return defaults
-
-
-CONSTANT_DEFAULTS: dict[str, Any] = _constant_defaults()
+# Fields left out of a config take these values; fields defaulting to None are resolved by the worker
+# from the fingerprinted inputs, so they are left out.
+CONSTANT_DEFAULTS: dict[str, Any] = constant_defaults()
 
 
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:

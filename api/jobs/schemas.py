@@ -1,26 +1,27 @@
-"""Request and response models for jobs, and the pure-Python validation of LLC configs.
+"""Request and response models for jobs, and the validation of LLC configs.
 
-No torch here: the API validates a submitted config against the estimator's ``LLCConfig`` field list
-and bounds without importing the estimator. The worker later builds the real ``LLCConfig`` (which
-resolves the defaults, e.g. epsilon from the local curvature) and stores it as ``resolved_config``.
-A test checks that ``LLC_CONFIG_FIELDS`` matches ``estimator.LLCConfig`` so the two cannot drift.
+A submitted config is checked twice, without torch: by ``LLCConfigIn`` (types, the names the
+estimator accepts, and this server's caps, which also document the fields in the OpenAPI schema),
+then by the estimator's own ``LLCConfig`` (``estimator/config.py``, plain Python), whose rules and
+names are the only source of truth. The worker later builds the same ``LLCConfig``, resolves the
+defaults (e.g. epsilon from the local curvature) and stores them as ``resolved_config``.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from estimator.config import CHAIN_MODES, DTYPES, LOSSES, SAMPLERS, LLCConfig
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits")
+LossName = Literal[LOSSES]
 MAX_CHAINS = 64
 # Upper bounds that keep one job's step count finite even before settings-dependent checks run.
 MAX_BURNIN_STEPS = 10_000_000
 MAX_STEPS_BETWEEN_DRAWS = 10_000
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3})$")
 
 
 class LLCConfigIn(BaseModel):
@@ -32,7 +33,7 @@ class LLCConfigIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["sgld", "rmsprop_sgld", "sgnht"] | None = Field(
+    sampler: Literal[SAMPLERS] | None = Field(
         None, description="SG-MCMC kernel: sgld (the paper's), rmsprop_sgld or sgnht.")
     epsilon: float | None = Field(None, gt=0, le=10.0, allow_inf_nan=False,
                                   description="Step size; null = chosen from the local curvature.")
@@ -49,8 +50,8 @@ class LLCConfigIn(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed; same seed, same result.")
     device: str | None = Field(None, max_length=12,
                                description="auto, cpu, cuda or cuda:N; 'auto' lets the worker choose (--device).")
-    dtype: Literal["float32", "float64"] | None = Field(None, description="Computation dtype.")
-    chain_mode: Literal["auto", "vmap", "sequential"] | None = Field(None, description="How chains run.")
+    dtype: Literal[DTYPES] | None = Field(None, description="Computation dtype.")
+    chain_mode: Literal[CHAIN_MODES] | None = Field(None, description="How chains run.")
     max_chains_per_chunk: int | None = Field(None, ge=1, le=MAX_CHAINS,
                                              description="Vectorise at most this many chains at once (memory).")
     target_bias: float | None = Field(None, gt=0, lt=0.5, allow_inf_nan=False,
@@ -71,19 +72,12 @@ class LLCConfigIn(BaseModel):
                                  f"LLCConfig fields are: {', '.join(cls.model_fields)}")
         return data
 
-    @field_validator("mala_band")
-    @classmethod
-    def _band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not 0 <= value[0] < value[1] <= 1:
-            raise ValueError("mala_band must be [low, high] with 0 <= low < high <= 1")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, value: str | None) -> str | None:
-        if value is not None and not _DEVICE_PATTERN.match(value):
-            raise ValueError("device must be one of 'auto', 'cpu', 'cuda', 'cuda:N'")
-        return value
+    @model_validator(mode="after")
+    def _the_estimators_rules(self) -> LLCConfigIn:
+        """Whatever the estimator would refuse is refused here, with its message."""
+        fields = {k: v for k, v in self.model_dump(exclude_unset=True).items() if v is not None}
+        LLCConfig.from_dict(fields)  # raises ValueError("LLCConfig.<field> must be ...")
+        return self
 
 
 LLC_CONFIG_FIELDS = tuple(LLCConfigIn.model_fields)
@@ -96,8 +90,7 @@ class JobCreate(BaseModel):
 
     checkpoint_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
-    loss: Literal["cross_entropy", "mse", "nll", "bce_with_logits"] = Field(
-        description="Per-sample loss (negative log-likelihood) the LLC is measured for.")
+    loss: LossName = Field(description="Per-sample loss (negative log-likelihood) the LLC is measured for.")
     config: LLCConfigIn = Field(default_factory=LLCConfigIn)
     force: bool = Field(False, description="Run even if the same work (same checkpoint and dataset contents, "
                                            "loss and config) already succeeded; by default its result is reused.")

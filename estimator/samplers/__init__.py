@@ -11,14 +11,17 @@ One kernel per module, each ``build(...) -> (init, update)`` in the style of bla
 
 Randomness stays outside: a kernel is a deterministic function of its inputs, which is what makes
 runs bit-identical whichever way chains are batched. Each kernel also exposes
-``proposal_log_density`` when its step is a Gaussian proposal (SGLD, frozen-preconditioner
-RMSprop-SGLD), used for the MALA acceptance diagnostic.
+``drift_scale(state)``: the per-coordinate multiplier of its step (None for plain SGLD), which the
+driver uses for the MALA acceptance diagnostic and the curvature probes.
 """
 
 from __future__ import annotations
 
+from ..config import SAMPLERS
 from . import rmsprop_sgld, sgld, sgnht
 
 KERNELS = {"sgld": sgld, "rmsprop_sgld": rmsprop_sgld, "sgnht": sgnht}
+if tuple(KERNELS) != SAMPLERS:
+    raise ImportError(f"estimator.config.SAMPLERS {SAMPLERS} and the kernel table {tuple(KERNELS)} disagree")
 
 __all__ = ["KERNELS", "rmsprop_sgld", "sgld", "sgnht"]

@@ -76,3 +76,26 @@ def test_from_dict_round_trip_and_unknown_fields():
     assert LLCConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown LLCConfig field.*lr"):
         LLCConfig.from_dict({"lr": 1e-3})
+
+
+def test_the_config_and_its_names_import_without_torch():
+    """The API checks job configs with the estimator's own rules; that must not load torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, estimator; from estimator.config import LLCConfig, LOSSES, SAMPLERS, constant_defaults; "
+            "LLCConfig(num_chains=2); print('torch' in sys.modules); "
+            "from estimator import estimate_llc; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]  # torch comes with the first torch-heavy name
+
+
+def test_the_estimators_tables_are_keyed_by_the_configs_names():
+    from estimator.config import LOSSES, SAMPLERS, constant_defaults
+    from estimator.losses import LOSSES as LOSS_FUNCTIONS
+    from estimator.samplers import KERNELS
+
+    assert tuple(KERNELS) == SAMPLERS and tuple(LOSS_FUNCTIONS) == LOSSES
+    defaults = constant_defaults()
+    assert defaults["num_chains"] == LLCConfig().num_chains and defaults["mala_band"] == [0.8, 1.0]
+    assert "epsilon" not in defaults  # resolved from the model and data, not a constant
