@@ -30,8 +30,8 @@ def nbeta(n: int) -> float:
     return n / math.log(n)
 
 
-def gamma(n: int, nbeta_value: float) -> float:
-    return 1.0
+# The localisation strength γ when the config leaves it out.
+GAMMA = 1.0
 
 
 def batch_size(n: int) -> int:

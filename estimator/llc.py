@@ -178,7 +178,7 @@ class _Run:
         self.P = flat.num_params
         self.C = config.num_chains
         self.nbeta = float(config.nbeta) if config.nbeta is not None else defaults.nbeta(self.n)
-        self.gamma = float(config.gamma) if config.gamma is not None else defaults.gamma(self.n, self.nbeta)
+        self.gamma = float(config.gamma) if config.gamma is not None else defaults.GAMMA
         self.batch_size = min(config.batch_size or defaults.batch_size(self.n), self.n)
         self.notes: list[dict[str, Any]] = []  # warnings raised while running
         self.static_batch = flat.static_batch
@@ -262,7 +262,6 @@ class _Run:
             float(cfg.epsilon) if cfg.epsilon is not None else self._epsilon_for(self.h_typ, self.h_seen)
         )
         self.step_epsilon = self.epsilon
-        self.curvature_checks = 0
         self.timings["curvature_s"] = time.perf_counter() - t0
 
         if defaults.prefetch_noise(self):
@@ -788,7 +787,6 @@ class _Run:
     def _adapt_epsilon(self, exploring: bool) -> None:
         """Measure the curvature at the chains and re-derive ε from it and the running λ̂."""
         h_max, h_mean, trace = self._measure_chain_curvature()
-        self.curvature_checks += 1
         if not (math.isfinite(h_max) and math.isfinite(h_mean)):
             return
         self.h_seen = max(self.h_seen, h_max)

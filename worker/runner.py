@@ -327,10 +327,10 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
     if device and config.get("device", "auto") == "auto":
         config["device"] = device
     try:
-        llc_config = LLCConfig.from_dict(config) if hasattr(LLCConfig, "from_dict") else LLCConfig(**config)
+        llc_config = LLCConfig.from_dict(config)
     except (TypeError, ValueError) as exc:
         raise StepError("checking the config", exc) from exc
-    resolved = _config_dict(llc_config)
+    resolved = _json_safe(llc_config.to_dict())
     in_transaction(settings, f"job {job_id}: storing the resolved config",
                    lambda session: lifecycle.set_resolved_config(session, job_id, attempt, resolved))
 
@@ -394,18 +394,6 @@ SUMMARY_FIELDS = ("llc_mean", "llc_std", "llc_per_chain", "init_loss", "nbeta", 
                   "timings", "chain_mode", "chain_mode_reason")
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    import dataclasses
-
-    if hasattr(config, "to_dict"):
-        return _json_safe(config.to_dict())
-    if dataclasses.is_dataclass(config):
-        return _json_safe(dataclasses.asdict(config))
-    if hasattr(config, "model_dump"):
-        return _json_safe(config.model_dump())
-    return _json_safe(dict(config))
-
-
 def _json_safe(value: Any) -> Any:
     """Plain JSON values; non-finite floats become None (JSON has no NaN)."""
     if isinstance(value, dict):
@@ -425,10 +413,7 @@ def _json_safe(value: Any) -> Any:
 
 def result_rows(result: Any) -> dict[str, Any]:
     """The keyword arguments of ``lifecycle.finish_succeeded`` for an ``LLCResult``."""
-    try:
-        full = result.to_dict(include_traces=False)  # the traces are stored as chunks, not JSON
-    except TypeError:
-        full = result.to_dict()
+    full = result.to_dict(include_traces=False)  # the traces are stored as chunks, not JSON
     summary = _json_safe({k: full[k] for k in SUMMARY_FIELDS if k in full})
     loss_trace = np.asarray(result.loss_trace, dtype=np.float64)
     llc_trace = np.asarray(result.llc_trace, dtype=np.float64)
@@ -465,25 +450,11 @@ def encode_chunk(values: np.ndarray) -> bytes:
 
 
 def _diverged_chains(full: dict[str, Any], num_chains: int) -> tuple[set[int], dict[int, str]]:
-    """Which chains diverged, with their messages, from the diagnostics and warnings."""
-    diagnostics = full.get("diagnostics") or {}
-    diverged: set[int] = set()
-    raw = diagnostics.get("diverged_chains") or diagnostics.get("diverged") or []
-    if isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, bool):
-                continue
-            if isinstance(item, int):
-                diverged.add(item)
-            elif isinstance(item, dict) and isinstance(item.get("chain"), int):
-                diverged.add(item["chain"])
-        if raw and all(isinstance(v, bool) for v in raw):
-            diverged = {i for i, v in enumerate(raw) if v}
+    """Which chains diverged (the diagnostics' list), and each chain's warning messages joined."""
+    diverged = set((full.get("diagnostics") or {}).get("diverged_chains") or [])
     messages: dict[int, str] = {}
     for warning in full.get("warnings") or []:
-        chain = warning.get("chain") if isinstance(warning, dict) else None
+        chain = warning.get("chain")
         if isinstance(chain, int) and 0 <= chain < num_chains:
             messages[chain] = f"{messages[chain]}; {warning['message']}" if chain in messages else warning["message"]
-            if "diverg" in str(warning.get("code", "")):
-                diverged.add(chain)
     return diverged, messages

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, literal_column, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from api.jobs.schemas import JOB_STATUSES, as_utc
@@ -188,11 +188,3 @@ def upload_totals(session: Session) -> dict[str, UploadTotals]:
         stored = session.scalar(select(func.coalesce(func.sum(distinct.c.size), 0)))
         totals[kind] = UploadTotals(int(count or 0), int(size or 0), int(stored or 0))
     return totals
-
-
-def database_reachable(session: Session) -> bool:
-    try:
-        session.execute(select(literal_column("1")))
-        return True
-    except Exception:  # noqa: BLE001
-        return False

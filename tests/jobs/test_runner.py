@@ -63,3 +63,25 @@ def test_runner_stores_exactly_what_the_library_computes(api, seeded):  # noqa: 
     # A second delivery of the same job does nothing.
     assert run_job(job_id, settings=api.settings, worker_name="other").status == "skipped"
     assert api.get(f"/v1/jobs/{job_id}").json()["attempts"] == 1
+
+
+def test_stored_chain_rows_mark_the_chains_that_diverged():
+    """The per-chain rows a job stores say which chains diverged (the estimator's list) and carry each
+    chain's warnings; healthy chains keep their λ̂."""
+    import torch
+
+    from estimator import estimate_llc
+    from tests.estimator.test_api import CLIFF_CONFIG, _Cliff
+    from worker.runner import result_rows
+
+    result = estimate_llc(_Cliff(), (torch.zeros(100, 1), torch.zeros(100, 1)), loss=lambda out, t: out.mean(),
+                          config=CLIFF_CONFIG)
+    diverged = set(result.diagnostics["diverged_chains"])
+    assert 0 < len(diverged) < CLIFF_CONFIG.num_chains
+    chains = result_rows(result)["chains"]
+    assert {row["chain"] for row in chains if row["diverged"]} == diverged
+    for row in chains:
+        if row["diverged"]:
+            assert row["llc"] is None and "diverg" in row["message"]
+        else:
+            assert row["llc"] == float(result.llc_per_chain[row["chain"]])
