@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -38,8 +40,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCTimestamp(TypeDecorator):
+    """A moment in time, stored in UTC and always read back timezone-aware.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite keeps none and hands back naive values.
+    This type is where that difference ends: values are converted to UTC when written and marked
+    UTC when read, so every datetime the code sees, compares or subtracts is aware, on either
+    database. (An aggregate such as ``max(finished_at)`` keeps the column's type, so it is aware too.)
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: every stored time is an aware UTC datetime (utcnow())")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {datetime: UTCTimestamp(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class JobStatus(enum.StrEnum):

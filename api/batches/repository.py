@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select, update
@@ -62,7 +61,7 @@ class BatchRepository:
             summary["progress"] += float(progress_sum or 0.0)
             summary["reused"] += int(reused or 0)
             if last_finished is not None and (summary["last_finished"] is None
-                                              or _naive(last_finished) > _naive(summary["last_finished"])):
+                                              or last_finished > summary["last_finished"]):
                 summary["last_finished"] = last_finished
         return out
 
@@ -90,7 +89,3 @@ class BatchRepository:
             .where(Job.owner == self.owner, Job.batch_id == batch_id, Job.status == JobStatus.running.value)
             .values(cancel_requested=True))
         return result.rowcount
-
-
-def _naive(value: datetime) -> datetime:
-    return value.replace(tzinfo=None) if value.tzinfo is not None else value

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.jobs.schemas import LLCConfigIn, LossName, as_utc
+from api.jobs.schemas import LLCConfigIn, LossName
 
 MAX_BATCH_CHECKPOINTS = 10_000
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -92,8 +92,8 @@ def to_public(batch: Any, counts: dict[str, int], progress_sum: float, reused: i
         id=batch.id, status=status, collection=batch.collection, dataset_id=batch.dataset_id, loss=batch.loss,
         config=batch.config or {}, force=bool(batch.force), idempotency_key=batch.idempotency_key, total=total,
         counts=counts, reused=reused, progress=min(1.0, max(0.0, progress_sum / total)) if total else 1.0,
-        created_at=as_utc(batch.created_at),
-        finished_at=as_utc(last_finished) if status not in ("queued", "running") else None,
+        created_at=batch.created_at,
+        finished_at=last_finished if status not in ("queued", "running") else None,
     )
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from api.types import UTCDateTime
 
 
 class CheckpointPublic(BaseModel):
@@ -23,7 +22,7 @@ class CheckpointPublic(BaseModel):
         description="The built-in architecture config with defaults filled in (null for .pt2 archives)"
     )
     num_params: int = Field(description="Number of trainable parameters (buffers excluded)")
-    created_at: UTCDateTime
+    created_at: datetime
 
 
 class CheckpointList(BaseModel):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from api.types import UTCDateTime
 
 
 class DatasetPublic(BaseModel):
@@ -22,7 +21,7 @@ class DatasetPublic(BaseModel):
     y_shape: list[int]
     x_dtype: str
     y_dtype: str
-    created_at: UTCDateTime
+    created_at: datetime
 
 
 class DatasetList(BaseModel):

@@ -27,7 +27,6 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from api.jobs.schemas import as_utc
 from api.models import Job, JobChain, JobStatus, TraceChunk, utcnow
 
 QUEUED, RUNNING = JobStatus.queued.value, JobStatus.running.value
@@ -142,7 +141,6 @@ class Released:
 
 
 def _describe_time(value: datetime | None) -> str:
-    value = as_utc(value)
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "never"
 
 
@@ -235,13 +233,13 @@ def fair_queued_job_ids(session: Session, *, limit: int, exclude: Sequence[str] 
     queued = select(Job.owner, func.min(Job.queued_at)).where(Job.status == QUEUED)
     if excluded:
         queued = queued.where(Job.id.not_in(excluded))
-    oldest = {owner: as_utc(at) for owner, at in session.execute(queued.group_by(Job.owner))}
+    oldest = {owner: at for owner, at in session.execute(queued.group_by(Job.owner))}
     if not oldest:
         return []
     owners = list(oldest)
     running = {owner: count for owner, count in session.execute(
         select(Job.owner, func.count()).where(Job.status == RUNNING, Job.owner.in_(owners)).group_by(Job.owner))}
-    served = {owner: as_utc(at) for owner, at in session.execute(
+    served = {owner: at for owner, at in session.execute(
         select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners), Job.started_at.is_not(None))
         .group_by(Job.owner))}
     never = datetime.min.replace(tzinfo=UTC)

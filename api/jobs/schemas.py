@@ -115,13 +115,6 @@ def check_config_against(config: dict[str, Any], *, n: int, max_draws: int) -> s
 # -- responses --------------------------------------------------------------------------------------
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class ChainWarning(BaseModel):
     code: str
     message: str
@@ -177,7 +170,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def from_row(cls, job: Any, *, has_traces: bool | None = None) -> JobPublic:
-        started, finished = as_utc(job.started_at), as_utc(job.finished_at)
+        started, finished = job.started_at, job.finished_at
         duration = None
         if started is not None:
             end = finished or (datetime.now(UTC) if job.status == "running" else None)
@@ -215,11 +208,11 @@ class JobPublic(BaseModel):
             attempts=int(job.attempts or 0),
             worker=job.worker,
             timings=JobTimings(
-                created_at=as_utc(job.created_at),
-                queued_at=as_utc(job.queued_at),
+                created_at=job.created_at,
+                queued_at=job.queued_at,
                 started_at=started,
                 finished_at=finished,
-                heartbeat_at=as_utc(job.heartbeat_at),
+                heartbeat_at=job.heartbeat_at,
                 duration_s=duration,
             ),
             error=job.error,

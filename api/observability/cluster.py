@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from api.jobs.schemas import JOB_STATUSES, as_utc
+from api.jobs.schemas import JOB_STATUSES
 from api.models import Checkpoint, Dataset, Job, JobStatus
 from api.observability import workers as worker_registry
 from api.settings import Settings
@@ -50,7 +50,7 @@ def queue_stats(session: Session) -> QueueStats:
     depth, oldest = session.execute(
         select(func.count(), func.min(Job.queued_at)).where(Job.status == JobStatus.queued.value)
     ).one()
-    return QueueStats(int(depth or 0), as_utc(oldest))
+    return QueueStats(int(depth or 0), oldest)
 
 
 def stale_running_count(session: Session, heartbeat_timeout: float) -> int:
@@ -160,7 +160,7 @@ def latest_throughput(session: Session, *, since: datetime) -> list[Throughput]:
     found: dict[str, Throughput] = {}
     for worker, job_id, finished_at, result in rows:
         timings = (result or {}).get("timings") or {}
-        found[worker] = Throughput(worker, job_id, as_utc(finished_at), _positive(timings.get("steps_per_s")),
+        found[worker] = Throughput(worker, job_id, finished_at, _positive(timings.get("steps_per_s")),
                                    _positive(timings.get("chain_steps_per_s")))
     return sorted(found.values(), key=lambda t: t.worker)
 

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep
-from api.jobs.schemas import as_utc
 from api.models import Job, JobStatus
 from api.observability import cluster
 from api.settings import Settings
@@ -34,7 +33,6 @@ def _iso(value: datetime | float | None) -> str | None:
         return None
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, UTC)
-    value = as_utc(value)
     return value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -86,7 +84,7 @@ def cluster_status(session: Any, settings: Settings, *, owner: str | None, dispa
         query = query.where(Job.owner == owner)
     running = []
     for job in session.scalars(query.order_by(Job.started_at, Job.id).limit(MAX_RUNNING_LISTED)):
-        heartbeat = as_utc(job.heartbeat_at)
+        heartbeat = job.heartbeat_at
         entry = {
             "id": job.id, "worker": job.worker, "progress": job.progress, "draws_done": job.draws_done,
             "attempts": job.attempts, "cancel_requested": job.cancel_requested,

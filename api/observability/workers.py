@@ -154,14 +154,13 @@ def read_registry(broker_url: str, *, now: float | None = None, timeout: float =
 
 def seen_in_jobs(session: Session, *, since: datetime) -> list[WorkerSeen]:
     """Each worker's latest job heartbeat (claims, progress beats and finishing all write it)."""
-    from api.jobs.schemas import as_utc
 
     rows = session.execute(
         select(Job.worker, func.max(Job.heartbeat_at))
         .where(Job.worker.is_not(None), Job.heartbeat_at >= since)
         .group_by(Job.worker)
     ).all()
-    return [WorkerSeen(name=name, last_heartbeat=as_utc(last).timestamp(), source="jobs")
+    return [WorkerSeen(name=name, last_heartbeat=last.timestamp(), source="jobs")
             for name, last in rows if last is not None]
 
 

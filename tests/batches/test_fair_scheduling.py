@@ -7,7 +7,7 @@ real processes: an embedded ``lambdahat serve``, and a Celery deployment (Redis,
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -32,7 +32,7 @@ def queue_jobs(settings, owner: str, count: int, start: datetime) -> list[str]: 
 
 
 def test_the_owner_with_fewer_running_jobs_goes_first(service_settings):  # noqa: ANN001
-    t0 = datetime(2026, 1, 1, 12, 0, 0)
+    t0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     alice = queue_jobs(service_settings, "alice", 30, t0)
     bob = queue_jobs(service_settings, "bob", 1, t0 + timedelta(minutes=5))  # queued after all of alice's
     carol = queue_jobs(service_settings, "carol", 2, t0 + timedelta(minutes=6))

@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from api.db import session_scope
-from api.jobs.schemas import as_utc
 from api.models import Checkpoint, Dataset, Job
 from api.observability.cluster import DURATION_BUCKETS
 from tests.helpers import api, make_api, service_settings  # noqa: F401 - fixtures
@@ -99,15 +98,15 @@ def expected_from_database(settings) -> dict[str, object]:  # noqa: ANN001
         for job in jobs:
             counts[job.status] = counts.get(job.status, 0) + 1
             if job.status in durations and job.started_at is not None:
-                durations[job.status].append((as_utc(job.finished_at) - as_utc(job.started_at)).total_seconds())
+                durations[job.status].append((job.finished_at - job.started_at).total_seconds())
             if job.worker and job.heartbeat_at is not None:
-                heartbeats[job.worker] = max(heartbeats.get(job.worker, 0.0), as_utc(job.heartbeat_at).timestamp())
+                heartbeats[job.worker] = max(heartbeats.get(job.worker, 0.0), job.heartbeat_at.timestamp())
             if job.status == "succeeded" and job.worker and (
-                    job.worker not in latest or as_utc(job.finished_at) > as_utc(latest[job.worker].finished_at)):
+                    job.worker not in latest or job.finished_at > latest[job.worker].finished_at):
                 latest[job.worker] = job
-        queued = [as_utc(j.queued_at) for j in jobs if j.status == "queued"]
+        queued = [j.queued_at for j in jobs if j.status == "queued"]
         speeds = {w: j.result["timings"]["steps_per_s"] for w, j in latest.items()}
-        stale = sum(1 for j in jobs if j.status == "running" and as_utc(j.heartbeat_at) < datetime.now(UTC) - timedelta(
+        stale = sum(1 for j in jobs if j.status == "running" and j.heartbeat_at < datetime.now(UTC) - timedelta(
             seconds=settings.heartbeat_timeout))
     return dict(counts=counts, durations=durations, heartbeats=heartbeats, speeds=speeds, queued=queued,
                 sizes=sizes, distinct=distinct, stale=stale)
