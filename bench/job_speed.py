@@ -299,7 +299,20 @@ class BusyCore:
 
 # -- scenarios --------------------------------------------------------------------------------------
 
+def in_fresh_deployment(mode: str, root: Path, work: Path, action) -> dict:  # noqa: ANN001
+    """``action(deployment)`` on a deployment of its own (fresh data dir and database), stopped after."""
+    deployment = Deployment(mode, root, Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=work)))
+    try:
+        return action(deployment)
+    finally:
+        deployment.stop()
+
+
 def run_single(args: argparse.Namespace, work: Path, dataset: Path, checkpoint: Path, roots: dict[str, Path]) -> list[dict]:
+    def one_job(deployment: Deployment) -> dict:
+        dataset_id, (checkpoint_id,) = deployment.upload(dataset, [checkpoint], "single")
+        return deployment.run_job(checkpoint_id, dataset_id, SINGLE_CONFIG)
+
     rows = []
     for busy in args.busy:
         spinner = BusyCore(busy == "one")
@@ -313,15 +326,7 @@ def run_single(args: argparse.Namespace, work: Path, dataset: Path, checkpoint: 
             for version, root in roots.items():
                 repeats = args.repeats if version == "this" else args.compare_repeats
                 for mode in args.modes:
-                    runs = []
-                    for r in range(repeats):
-                        workdir = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=work))
-                        deployment = Deployment(mode, root, workdir)
-                        try:
-                            dataset_id, (checkpoint_id,) = deployment.upload(dataset, [checkpoint], f"single-{r}")
-                            runs.append(deployment.run_job(checkpoint_id, dataset_id, SINGLE_CONFIG))
-                        finally:
-                            deployment.stop()
+                    runs = [in_fresh_deployment(mode, root, work, one_job) for _ in range(repeats)]
                     rows.append(_row("single", busy, f"{mode} job", version, [run["wall_s"] for run in runs],
                                      llc=runs[-1]["llc"], threads=runs[-1]["threads"],
                                      run_s=statistics.median(run["run_s"] for run in runs)))
@@ -333,6 +338,10 @@ def run_single(args: argparse.Namespace, work: Path, dataset: Path, checkpoint: 
 
 def run_batch(args: argparse.Namespace, work: Path, dataset: Path, checkpoints: list[Path],
               roots: dict[str, Path]) -> list[dict]:
+    def one_batch(deployment: Deployment) -> dict:
+        dataset_id, _ = deployment.upload(dataset, checkpoints, "run")
+        return deployment.run_batch("run", dataset_id, BATCH_CONFIG)
+
     library = library_calls(dataset, [checkpoints[0], *checkpoints], BATCH_CONFIG, 1)["calls"][1:]
     warm_call = statistics.median(library)
     rows = [_row("batch", "none", "library, 1 thread, warm (per checkpoint)", "", [warm_call],
@@ -340,15 +349,7 @@ def run_batch(args: argparse.Namespace, work: Path, dataset: Path, checkpoints: 
     for version, root in roots.items():
         repeats = args.repeats if version == "this" else args.compare_repeats
         for mode in args.modes:
-            runs = []
-            for _ in range(repeats):
-                workdir = Path(tempfile.mkdtemp(prefix=f"batch-{mode}-", dir=work))
-                deployment = Deployment(mode, root, workdir)
-                try:
-                    dataset_id, _ = deployment.upload(dataset, checkpoints, "run")
-                    runs.append(deployment.run_batch("run", dataset_id, BATCH_CONFIG))
-                finally:
-                    deployment.stop()
+            runs = [in_fresh_deployment(mode, root, work, one_batch) for _ in range(repeats)]
             per_checkpoint = [run["wall_s"] / len(checkpoints) for run in runs]
             rows.append(_row("batch", "none", f"{mode} batch (per checkpoint)", version, per_checkpoint,
                              overhead_s=statistics.median(per_checkpoint) - warm_call,
@@ -399,19 +400,9 @@ def print_tables(rows: list[dict], compare_ref: str | None) -> None:
 
 
 def machine() -> str:
-    import platform
+    from speed import machine_description  # bench/speed.py, beside this script
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, torch {torch.__version__}"
+    return machine_description(argparse.Namespace(device="cpu"))
 
 
 def main() -> int:

@@ -112,6 +112,13 @@ def job_process(job: dict) -> tuple[int, int]:
     return info["pid"], info["job_number"]
 
 
+def process_running(server: Server, job: dict) -> int:
+    """Once ``job`` runs (and has made progress), the pid of the warm process running it."""
+    wait_job(server.client, job["id"], 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
+    (pid,) = [p["pid"] for p in warm_processes(server) if p["busy"]]
+    return pid
+
+
 def test_two_architectures_in_one_batch_run_in_one_warm_process_as_in_fresh_ones(tmp_path, artifacts):  # noqa: ANN001
     dataset, checkpoints = artifacts
     server = start(tmp_path)
@@ -149,8 +156,7 @@ def test_a_killed_warm_process_loses_no_job(tmp_path, artifacts):  # noqa: ANN00
     try:
         dataset_id, ids = upload_all(server, dataset, checkpoints[:3])
         first, *rest = submit_batch(server, dataset_id, ids, {**LONG, "num_draws": 8_000})
-        wait_job(server.client, first["id"], 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
-        (killed,) = [p["pid"] for p in warm_processes(server) if p["busy"]]
+        killed = process_running(server, first)
         os.kill(killed, signal.SIGKILL)  # out of memory, say
 
         done = [wait_job(server.client, job["id"], timeout=180) for job in (first, *rest)]
@@ -170,8 +176,7 @@ def test_a_cancelled_job_leaves_the_warm_process_to_the_next_jobs(tmp_path, arti
         dataset_id, ids = upload_all(server, dataset, checkpoints[:3])
         first = submit_batch(server, dataset_id, ids[:1], LONG)[0]
         rest = submit_batch(server, dataset_id, ids[1:], CONFIG)
-        wait_job(server.client, first["id"], 60, until=lambda j: j["status"] == "running" and j["progress"] > 0)
-        (pid,) = [p["pid"] for p in warm_processes(server) if p["busy"]]
+        pid = process_running(server, first)
         assert server.client.post(f"/v1/jobs/{first['id']}/cancel").status_code == 200
 
         cancelled = wait_job(server.client, first["id"], timeout=30)
