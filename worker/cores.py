@@ -6,12 +6,14 @@ thread the scheduler took away, and a job runs many times slower than with one t
 (docs/benchmarks.md, "Jobs"). The rule (docs/jobs.md, "Threads"), applied when a job starts and
 every second while it runs:
 
-    threads = max(1, min(cap, floor((usable - busy_elsewhere) / job_slots + SLACK)))
+    threads = max(1, min(cap, floor(min(usable - busy_elsewhere, quota) / job_slots + SLACK)))
 
-- ``usable``: the CPUs this process may run on (its affinity mask), at most the cgroup CPU quota.
+- ``usable``: the CPUs this process may run on (its affinity mask).
 - ``busy_elsewhere``: cores kept busy over the last sampling window by processes outside this
   deployment. This deployment is this process, its parent (the API with its dispatcher, or the
   Celery worker) and the parent's other children (the other job processes).
+- A cgroup CPU quota (a container's CPU limit) caps ``usable - busy_elsewhere``: other containers'
+  load on the host does not take from the quota.
 - ``job_slots``: jobs this deployment runs at once on this machine (the embedded dispatcher's
   ``LAMBDAHAT_EMBEDDED_MAX_CONCURRENT_JOBS``; 1 for a Celery worker, one job at a time).
 - ``SLACK``: load below a fifth of a core elsewhere does not cost a thread (shells, editors).
@@ -56,12 +58,6 @@ def cpu_quota() -> float | None:
         return None if quota <= 0 else quota / period
     except (OSError, ValueError):
         return None
-
-
-def usable_cores() -> float:
-    cores = float(len(usable_cpus()))
-    quota = cpu_quota()
-    return min(cores, quota) if quota else cores
 
 
 def _cpu_ticks(cpus: list[int]) -> tuple[int, int] | None:
@@ -181,16 +177,20 @@ class ThreadRule:
         """The thread count for now, and why (a short sentence for the job's result)."""
         if self.fixed:
             return self.fixed, f"fixed by LAMBDAHAT_JOB_THREADS={self.fixed}"
-        usable = usable_cores()
+        usable = len(usable_cpus())
         busy = None
         if self.meter is not None:
             # No window closed yet (a job right after the process started): close the one open so far.
             busy = self.meter.busy_elsewhere if self.meter.busy_elsewhere is not None else self.meter.measure()
         free = usable - (busy or 0.0)
-        count = max(1, math.floor(free / self.job_slots + SLACK))
-        why = f"{usable:g} usable cores"
+        why = f"{usable} usable cores"
         if busy is not None:
             why += f", {busy:.1f} busy elsewhere"
+        quota = cpu_quota()
+        if quota is not None and quota < free:
+            free = quota
+            why += f", a CPU quota of {quota:g} cores"
+        count = max(1, math.floor(free / self.job_slots + SLACK))
         if self.job_slots > 1:
             why += f", {self.job_slots} job slots"
         cap = _omp_num_threads()

@@ -34,25 +34,28 @@ class Measured:
         return self.busy_elsewhere
 
 
-@pytest.mark.parametrize(("usable", "busy", "slots", "omp", "expected"), [
-    (2, 0.0, 1, None, 2),
-    (2, 1.0, 1, None, 1),     # one core busy elsewhere: one thread, not two fighting it
-    (2, 0.15, 1, None, 2),    # a shell or an editor does not cost a thread
-    (2, 0.5, 1, None, 1),     # half a core busy elsewhere does
-    (2, 2.0, 1, None, 1),     # never fewer than one
-    (16, 3.0, 2, None, 6),    # two job slots share the 13 free cores
-    (16, 0.0, 1, 4, 4),       # OMP_NUM_THREADS caps the count
-    (8, None, 1, None, 8),    # nothing measured yet (or no /proc): every usable core
+@pytest.mark.parametrize(("usable", "busy", "slots", "omp", "quota", "expected"), [
+    (2, 0.0, 1, None, None, 2),
+    (2, 1.0, 1, None, None, 1),     # one core busy elsewhere: one thread, not two fighting it
+    (2, 0.15, 1, None, None, 2),    # a shell or an editor does not cost a thread
+    (2, 0.5, 1, None, None, 1),     # half a core busy elsewhere does
+    (2, 2.0, 1, None, None, 1),     # never fewer than one
+    (16, 3.0, 2, None, None, 6),    # two job slots share the 13 free cores
+    (16, 0.0, 1, 4, None, 4),       # OMP_NUM_THREADS caps the count
+    (8, None, 1, None, None, 8),    # nothing measured yet (or no /proc): every usable core
+    (64, 10.0, 1, None, 4.0, 4),    # a container's CPU quota caps the free cores ...
+    (64, 61.0, 1, None, 4.0, 3),    # ... which other load on the host only takes once it leaves fewer
 ])
-def test_the_rule(monkeypatch, usable, busy, slots, omp, expected):  # noqa: ANN001
-    monkeypatch.setattr(cores, "usable_cores", lambda: float(usable))
+def test_the_rule(monkeypatch, usable, busy, slots, omp, quota, expected):  # noqa: ANN001
+    monkeypatch.setattr(cores, "usable_cpus", lambda: list(range(usable)))
+    monkeypatch.setattr(cores, "cpu_quota", lambda: quota)
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", str(omp))
     count, reason = ThreadRule(job_slots=slots, meter=Measured(busy)).threads()
     assert count == expected
-    assert f"{usable:g} usable cores" in reason
+    assert f"{usable} usable cores" in reason
     if busy is not None:
         assert f"{busy:.1f} busy elsewhere" in reason
 
@@ -122,7 +125,8 @@ def test_a_running_job_follows_the_rule_as_load_changes(api, seeded, monkeypatch
     from worker import runner
     from worker.runner import run_job
 
-    monkeypatch.setattr(cores, "usable_cores", lambda: 2.0)
+    monkeypatch.setattr(cores, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(cores, "cpu_quota", lambda: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "THREADS_CHECK_INTERVAL_S", 0.0)  # check at every progress report
     meter = Measured(0.0)
