@@ -164,22 +164,22 @@ class EmbeddedDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    # Read from request threads while the dispatcher thread changes ``_processes``: each reader takes a
+    # snapshot first (``list()`` of a dict's values is one step under the GIL).
+
     @property
     def running_job_ids(self) -> list[str]:
         """Jobs handed to a job process and not finished (the process may still be claiming them)."""
-        return [proc.job_id for proc in self._processes.values() if proc.job_id is not None]
+        return [job_id for proc in list(self._processes.values()) if (job_id := proc.job_id) is not None]
 
     def job_processes(self) -> list[dict[str, Any]]:
         """One entry per slot's current process, for ``/v1/status``."""
         return [{"slot": proc.slot, "pid": proc.process.pid, "warm": proc.ready, "busy": proc.job_id is not None,
-                 "jobs_done": proc.jobs_done} for proc in sorted(self._processes.values(), key=lambda p: p.slot)]
+                 "jobs_done": proc.jobs_done} for proc in sorted(list(self._processes.values()), key=lambda p: p.slot)]
 
     def job_process_pid(self, job_id: str) -> int | None:
         """The pid of the process running ``job_id``, if one is."""
-        for proc in self._processes.values():
-            if proc.job_id == job_id:
-                return proc.process.pid
-        return None
+        return next((proc.process.pid for proc in list(self._processes.values()) if proc.job_id == job_id), None)
 
     def requeue_orphans(self) -> list[lifecycle.Released]:
         """Jobs left running by a previous server: their processes are gone (or will stop on their own)."""
@@ -240,6 +240,10 @@ class EmbeddedDispatcher:
                 env=job_process_env(self.settings), cwd=str(PROJECT_ROOT), pass_fds=(replies_write,),
                 start_new_session=True,  # Ctrl-C on the server reaches the server; it stops its jobs itself
             )
+        except BaseException:
+            os.close(replies_read)
+            log_file.close()
+            raise
         finally:
             os.close(replies_write)
         proc = JobProcess(slot, process, log_file)
