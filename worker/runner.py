@@ -189,8 +189,8 @@ class JobThreads:
 
         self._torch = torch
         self.rule = rule
-        self.count, self.reason = rule.threads()
-        self.initial, self.initial_reason = self.count, self.reason
+        self.initial, self.initial_reason = rule.threads()
+        self.count = self.initial
         torch.set_num_threads(self.count)
         self.changes: list[dict[str, Any]] = []
         self._next_check = time.monotonic() + THREADS_CHECK_INTERVAL_S
@@ -204,7 +204,7 @@ class JobThreads:
         if count != self.count:
             log.info("job threads %d -> %d at step %d (%s)", self.count, count, steps_done, reason)
             self._torch.set_num_threads(count)
-            self.count, self.reason = count, reason
+            self.count = count
             self.changes.append({"step": steps_done, "threads": count, "reason": reason})
 
     def summary(self) -> dict[str, Any]:
