@@ -1,4 +1,5 @@
-"""Turning in-memory objects into the files the server accepts: safetensors bytes and architecture JSON.
+"""Turning in-memory objects into the files the server accepts: safetensors bytes and architecture JSON
+(``infer_architecture`` is the architecture registry's, re-exported here).
 
 torch is imported only when the caller hands over torch objects, so a numpy-only user of the
 client never pays for it.
@@ -14,15 +15,13 @@ from typing import Any
 
 import numpy as np
 
-# nn activation class name -> the architecture registry's "activation" value (api/architectures.py).
-ACTIVATIONS = {
-    "ReLU": "relu",
-    "Tanh": "tanh",
-    "GELU": "gelu",
-    "Sigmoid": "sigmoid",
-    "SiLU": "silu",
-    "Identity": "identity",
-}
+from estimator.architectures import infer_architecture
+
+__all__ = [
+    "dataset_to_safetensors", "infer_architecture", "is_torch_module", "is_torch_tensor",
+    "state_dict_to_safetensors", "step_from_filename",
+]
+
 
 def _loaded_torch() -> Any:
     # Whoever holds a tensor or a module has imported torch already: no need to import it here.
@@ -76,75 +75,6 @@ def state_dict_to_safetensors(state_dict: Mapping[str, Any]) -> bytes:
         # clone(): safetensors refuses tensors that share memory (tied weights, views).
         tensors[key] = value.detach().cpu().contiguous().clone()
     return save(tensors)
-
-
-def infer_architecture(model: Any) -> dict[str, Any]:
-    """The built-in architecture JSON for a model, when it is one we can recognise.
-
-    Recognised: ``nn.Sequential`` of ``Linear`` layers separated by one kind of activation
-    (``mlp``), and ``nn.Sequential`` of bias-free ``Linear`` layers with nothing between
-    them (``dln``). Anything else raises ``ValueError`` asking for ``architecture=``.
-    """
-    import torch.nn as nn
-
-    hint = (
-        "pass architecture={...} explicitly, e.g. "
-        '{"kind": "mlp", "in_features": 16, "hidden": [32], "out_features": 3, "activation": "relu"}'
-    )
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        raise ValueError(
-            f"cannot infer the architecture of a {type(model).__name__}: only nn.Sequential stacks of Linear "
-            f"layers (mlp, dln) are recognised; {hint}"
-        )
-    layers = list(model)
-    linears = [m for m in layers if isinstance(m, nn.Linear)]
-    others = [m for m in layers if not isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"cannot infer an architecture: the Sequential has no Linear layer; {hint}")
-    widths = [linears[0].in_features]
-    for prev, nxt in zip(linears, linears[1:], strict=False):
-        if prev.out_features != nxt.in_features:
-            raise ValueError(f"Linear layers do not chain: {prev} feeds {nxt}")
-    widths += [m.out_features for m in linears]
-
-    if not others and all(m.bias is None for m in linears):
-        return {"kind": "dln", "widths": widths}
-    has_bias = {m.bias is not None for m in linears}
-    if len(has_bias) > 1:
-        raise ValueError(f"cannot infer an architecture: some Linear layers have biases and some do not; {hint}")
-    # mlp: Linear, act, Linear, act, ..., Linear -- the exact layout whose state_dict keys the server expects.
-    expected_len = 2 * len(linears) - 1
-    layout_ok = len(layers) == expected_len and all(
-        isinstance(m, nn.Linear) == (i % 2 == 0) for i, m in enumerate(layers)
-    )
-    if not layout_ok:
-        raise ValueError(
-            "cannot infer an architecture: an mlp must be Sequential(Linear, activation, Linear, ..., Linear) "
-            f"with one activation between consecutive Linear layers and none after the last; {hint}"
-        )
-    activation_names = {type(m).__name__ for m in others}
-    if len(activation_names) > 1:
-        raise ValueError(f"cannot infer an architecture: mixed activations {sorted(activation_names)}; {hint}")
-    if others:
-        name = activation_names.pop()
-        if name not in ACTIVATIONS:
-            raise ValueError(
-                f"cannot infer an architecture: activation {name} is not one of the built-in ones "
-                f"({', '.join(ACTIVATIONS)}); {hint}"
-            )
-        if name == "GELU" and getattr(others[0], "approximate", "none") != "none":
-            raise ValueError(f"cannot infer an architecture: the built-in mlp uses exact GELU, not approximate='tanh'; {hint}")
-        activation = ACTIVATIONS[name]
-    else:
-        activation = "relu"  # a single Linear layer: no activation is ever applied
-    return {
-        "kind": "mlp",
-        "in_features": widths[0],
-        "hidden": widths[1:-1],
-        "out_features": widths[-1],
-        "activation": activation,
-        "bias": has_bias.pop(),
-    }
 
 
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")

@@ -160,7 +160,7 @@ def code_api(api, make_api):  # noqa: ANN001
 
 def random_state_dict(architecture: dict[str, Any], seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
     """Random weights with exactly the state_dict of a built-in architecture (numpy, no torch)."""
-    from api.architectures import normalize, state_dict_spec
+    from estimator.architectures import normalize, state_dict_spec
 
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}

@@ -158,7 +158,7 @@ def _train(directory: Path, console: Any) -> tuple[list[Snapshot], tuple[Any, An
     from safetensors.torch import save_file
     from sklearn.datasets import load_digits
 
-    from worker.architectures import build_model
+    from estimator.architectures import build_model
 
     t0 = time.monotonic()
     # A 64-64-10 MLP gains nothing from intra-op threads; several would fight the job processes for cores.

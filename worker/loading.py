@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from api.formats import TensorInfo, read_npz, read_safetensors
-from worker.architectures import build_model
+from estimator.architectures import build_model
 
 
 def load_model(path: Path, format: str, architecture: dict[str, Any] | None) -> torch.nn.Module:  # noqa: A002

@@ -22,7 +22,6 @@ from fastapi import HTTPException, Request, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api import architectures
 from api.checkpoints import repository
 from api.deps import Principal
 from api.formats import FormatError, count_non_finite, detect_format, read_pt2, read_safetensors
@@ -32,6 +31,7 @@ from api.settings import Settings
 from api.storage import ArtifactStore
 from api.types import is_valid_id
 from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
+from estimator import architectures
 
 TEXT_FIELDS = {"architecture", "collection", "step", "name"}
 INSPECT_TIMEOUT_S = 300.0

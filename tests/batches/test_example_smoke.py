@@ -26,7 +26,7 @@ def test_the_example_runs_end_to_end_quickly(tmp_path, capsys):  # noqa: ANN001
 def test_training_saves_checkpoints_the_service_accepts(tmp_path):  # noqa: ANN001
     from safetensors.numpy import load_file
 
-    from api.architectures import normalize, state_dict_spec
+    from estimator.architectures import normalize, state_dict_spec
     from examples.digits_sgd_vs_adam import ARCHITECTURE, load_digits_split, train
 
     data = load_digits_split()

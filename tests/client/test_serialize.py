@@ -110,7 +110,7 @@ def test_unrecognised_models_ask_for_an_explicit_architecture(model, message):
 
 def test_inferred_architectures_match_the_servers_state_dict_layout():
     """Cross-check with the server's registry (tests may import server code; the SDK never does)."""
-    architectures = pytest.importorskip("api.architectures")
+    architectures = pytest.importorskip("estimator.architectures")
     models = [
         nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3)),
         nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 7), nn.GELU(), nn.Linear(7, 1)),

@@ -209,7 +209,7 @@ class Deployment:
 
 def write_artifacts(tmp_path: Path, seed: int) -> tuple[Path, Path, dict[str, Any]]:
     """A small classifier checkpoint and its dataset as safetensors files: (checkpoint, dataset, architecture)."""
-    from api.architectures import normalize
+    from estimator.architectures import normalize
     from tests.helpers import random_state_dict, write_safetensors
     from tests.jobs.seed import CLASSIFIER, classification_data
 

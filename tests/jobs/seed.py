@@ -52,9 +52,9 @@ def _store(settings, kind: str, source: Path) -> tuple[str, str, int]:  # noqa: 
 
 def seed_artifacts(settings, owner: str = "alice", *, architecture: dict[str, Any] | None = None,  # noqa: ANN001
                    n: int = 64, seed: int = 0, checkpoint_format: str = "safetensors") -> Seeded:
-    from api.architectures import normalize, num_params
     from api.db import session_scope
     from api.models import Checkpoint, Dataset
+    from estimator.architectures import normalize, num_params
 
     architecture = normalize(architecture or CLASSIFIER)
     tmp = Path(tempfile.mkdtemp(prefix="seed-"))

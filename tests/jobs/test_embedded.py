@@ -25,7 +25,7 @@ CONFIG = {"num_chains": 2, "num_draws": 40, "num_burnin_steps": 20, "epsilon": 1
 
 @pytest.fixture
 def files(tmp_path):  # noqa: ANN001, ANN201
-    from api.architectures import normalize
+    from estimator.architectures import normalize
 
     architecture = normalize(CLASSIFIER)
     checkpoint = write_safetensors(tmp_path / "model.safetensors", random_state_dict(architecture, seed=4))

@@ -35,7 +35,7 @@ LONG = {**CONFIG, "num_draws": 30_000}  # long enough to be caught running
 @pytest.fixture
 def artifacts(tmp_path):  # noqa: ANN001, ANN201
     """A dataset, three checkpoints of CLASSIFIER and two of OTHER (safetensors files)."""
-    from api.architectures import normalize
+    from estimator.architectures import normalize
 
     x, y = classification_data(n=64, seed=2)
     dataset = write_safetensors(tmp_path / "data.safetensors", {"x": x, "y": y})

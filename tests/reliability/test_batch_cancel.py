@@ -18,7 +18,7 @@ LONG = {"num_chains": 2, "num_draws": 100_000, "num_burnin_steps": 10, "epsilon"
 
 
 def test_cancelling_a_batch_stops_queued_and_running_jobs_within_seconds(tmp_path):  # noqa: ANN001
-    from api.architectures import normalize
+    from estimator.architectures import normalize
 
     architecture = normalize(CLASSIFIER)
     x, y = classification_data(n=64, seed=3)

@@ -1,12 +1,19 @@
-"""The pure-Python architecture registry (API side) agrees with the torch modules (worker side)."""
+"""The architecture registry: each kind's torch-free state_dict spec agrees with the module it builds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from api.architectures import ArchitectureError, check_weights, normalize, num_params, state_dict_spec
-from worker.architectures import build_model
+from estimator.architectures import (
+    KINDS,
+    ArchitectureError,
+    build_model,
+    check_weights,
+    normalize,
+    num_params,
+    state_dict_spec,
+)
 
 CONFIGS = [
     {"kind": "mlp", "in_features": 16, "hidden": [32], "out_features": 3, "activation": "relu"},
@@ -50,6 +57,25 @@ def _expected_output_shape(config: dict) -> tuple[int, ...]:
         "resnet": lambda: (2, c.get("num_classes")),
         "transformer": lambda: (2, c.get("context_length"), c.get("vocab_size")),
     }[c["kind"]]()
+
+
+def test_every_registered_kind_is_checked_here():
+    assert {config["kind"] for config in CONFIGS} == set(KINDS)
+
+
+def test_every_kind_has_the_registry_functions():
+    from estimator.architectures import _KINDS
+
+    for name, kind in _KINDS.items():
+        assert kind.KIND == name
+        assert all(callable(getattr(kind, f, None)) for f in ("normalize", "state_dict_spec", "build")), name
+
+
+def test_modules_of_one_kind_share_their_classes():
+    """The estimator's graph cache keys models by module class: two builds must use the same classes."""
+    config = {"kind": "transformer", "vocab_size": 5, "context_length": 3, "d_model": 4, "n_layers": 1, "n_heads": 2}
+    first, second = build_model(config), build_model(config)
+    assert [type(m) for m in first.modules()] == [type(m) for m in second.modules()]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c["kind"])

@@ -44,7 +44,7 @@ def torch_files(tmp_path_factory):
     """.pt / .pt2 files for the tests, written once (torch is slow to import and export)."""
     import torch
 
-    from worker.architectures import build_model
+    from estimator.architectures import build_model
 
     d = tmp_path_factory.mktemp("torch-files")
     torch.manual_seed(0)

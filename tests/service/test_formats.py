@@ -17,7 +17,7 @@ from tests.helpers import MLP, write_checkpoint, write_dataset, write_safetensor
 def test_detects_each_format_from_content_not_name(tmp_path):
     import torch
 
-    from worker.architectures import build_model
+    from estimator.architectures import build_model
 
     model = build_model(MLP).eval()
     write_checkpoint(tmp_path / "a.npz")  # safetensors under a misleading name

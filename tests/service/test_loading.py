@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from estimator.architectures import build_model
 from tests.helpers import MLP, write_dataset
-from worker.architectures import build_model
 from worker.loading import load_dataset, load_model
 
 CNN = {"kind": "cnn", "in_channels": 1, "image_size": 6, "channels": [3], "num_classes": 4}

@@ -15,7 +15,7 @@ def test_importing_the_api_does_not_import_torch():
     result = _run(
         """
         import sys
-        import api.main, api.server, api.admin, api.architectures, api.formats, api.storage, api.uploads
+        import api.main, api.server, api.admin, api.formats, api.storage, api.uploads
         import api.datasets.service, api.checkpoints.service
         api.main.create_app()
         print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
@@ -28,8 +28,8 @@ def test_importing_the_api_does_not_import_torch():
 def test_uploads_do_not_import_torch_in_the_api_process(tmp_path):
     import torch
 
+    from estimator.architectures import build_model
     from tests.helpers import MLP, write_checkpoint, write_dataset
-    from worker.architectures import build_model
 
     torch.save(build_model(MLP).state_dict(), tmp_path / "m.pt")
     write_checkpoint(tmp_path / "m.safetensors")
