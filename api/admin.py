@@ -10,13 +10,13 @@ from __future__ import annotations
 import typer
 
 from api.auth import keys
-from api.db import session_scope
-from api.settings import Settings, get_settings
+from backend.db import session_scope
+from backend.settings import Settings, get_settings
 
 
 def _prepare(settings: Settings) -> None:
     if settings.is_sqlite:
-        from api.migrate import upgrade
+        from backend.migrate import upgrade
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(settings)

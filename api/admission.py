@@ -1,7 +1,7 @@
 """Admission control for SQLite deployments: at most a few requests do database work at once.
 
 SQLite has one writer at a time, and every transaction here starts with ``BEGIN IMMEDIATE``
-(api/db.py). A request takes the write lock at its first query and releases it at commit, and in
+(backend/db.py). A request takes the write lock at its first query and releases it at commit, and in
 between it hops between worker threads (dependency, endpoint, teardown). Under many concurrent
 clients, every worker thread of the pool (40) ended up blocked waiting for the lock or for a pooled
 connection, while the request holding the lock waited for a free thread to commit: nothing moved

@@ -14,9 +14,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from api.auth.keys import SCOPES, hash_key
-from api.db import session_scope
-from api.models import ApiKey
-from api.settings import Settings
+from backend.db import session_scope
+from backend.models import ApiKey
+from backend.settings import Settings
 
 MIN_KEY_LENGTH = 32
 _ALLOWED = frozenset(string.ascii_letters + string.digits + "-_.~+/=")
@@ -58,7 +58,7 @@ def ensure_key(settings: Settings, *, name: str, owner: str | None, scopes: list
         raise KeyBootstrapError(f"unknown scope(s) {unknown}; known scopes: {list(SCOPES)}")
     digest = hash_key(plaintext)
     if settings.is_sqlite:  # a fresh laptop data dir: create the schema first (PostgreSQL: `lambdahat db upgrade`)
-        from api.migrate import upgrade
+        from backend.migrate import upgrade
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(settings)

@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
 from api.auth.keys import authenticate
-from api.settings import Settings
+from backend.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

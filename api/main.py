@@ -20,11 +20,11 @@ from api.batches.plots import router as plots_router
 from api.checkpoints.endpoints import router as checkpoints_router
 from api.dashboard import install_dashboard
 from api.datasets.endpoints import router as datasets_router
-from api.db import session_factory
 from api.jobs.endpoints import router as jobs_router
 from api.metrics import install_metrics
 from api.observability.status import router as status_router
-from api.settings import Settings, get_settings
+from backend.db import session_factory
+from backend.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None = None) -> FastAPI:
@@ -42,20 +42,20 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = None
         if settings.log_format == "json":
-            from api.observability.logs import route_library_loggers_to_root
+            from backend.logs import route_library_loggers_to_root
 
             route_library_loggers_to_root()  # uvicorn configured its own handlers before this app started
         if settings.is_sqlite:
-            from api.migrate import upgrade
+            from backend.migrate import upgrade
 
             upgrade(settings)
         if run_dispatcher:
-            from api.jobs.dispatcher import EmbeddedDispatcher
+            from backend.dispatcher import EmbeddedDispatcher
 
             dispatcher = EmbeddedDispatcher(settings)
             dispatcher.start()
         elif run_reaper:
-            from worker.reaper import start_reaper
+            from backend.reaper import start_reaper
 
             dispatcher = start_reaper(settings)
         app.state.dispatcher = dispatcher  # /v1/status reports the embedded dispatcher

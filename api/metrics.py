@@ -39,8 +39,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from api.observability import cluster
-from api.observability.workers import WORKER_WINDOW_S
-from api.settings import Settings
+from backend.settings import Settings
+from backend.workers import WORKER_WINDOW_S
 
 log = logging.getLogger("lambdahat.metrics")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from api.auth.keys import authenticate, create_key, revoke_key
-from api.db import session_scope
-from api.models import ApiKey
-from api.settings import Settings, get_settings
-from api.storage import ArtifactStore
+from backend.db import session_scope
+from backend.models import ApiKey
+from backend.settings import Settings, get_settings
+from backend.storage import ArtifactStore
 
 LOCAL_KEY_FILE = "api_key"
 LOCAL_OWNER = "local"
@@ -87,7 +87,7 @@ def prepare(settings: Settings, host: str) -> str:
     """Everything ``serve`` does before listening; returns the local key. Raises ServerConfigError."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if settings.is_sqlite:
-        from api.migrate import upgrade
+        from backend.migrate import upgrade
 
         upgrade(settings)
     store = ArtifactStore(settings)
@@ -107,7 +107,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, settings: Settings | N
     import uvicorn
 
     from api.main import create_app
-    from api.observability.logs import configure_logging
+    from backend.logs import configure_logging
 
     settings = settings or get_settings()
     configure_logging(settings)

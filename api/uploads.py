@@ -22,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import Principal, get_principal
-from api.storage import ArtifactStore, StagedFile, UploadTooLarge
+from backend.storage import ArtifactStore, StagedFile, UploadTooLarge
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16

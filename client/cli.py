@@ -52,7 +52,7 @@ def worker(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default head)."""
-    from api.migrate import upgrade
+    from backend.migrate import upgrade
 
     upgrade(revision=revision)
     typer.echo(f"database upgraded to {revision}")
@@ -61,7 +61,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Revert migrations down to REVISION ('base' for an empty database)."""
-    from api.migrate import downgrade
+    from backend.migrate import downgrade
 
     downgrade(revision=revision)
     typer.echo(f"database downgraded to {revision}")
@@ -88,7 +88,7 @@ def keys_ensure(
 ) -> None:
     """Register the key in KEY_FILE (its hash) unless it already is; for deployments (docs/deploy.md)."""
     from api.bootstrap import KeyBootstrapError, ensure_key, read_key_file
-    from api.settings import get_settings
+    from backend.settings import get_settings
 
     try:
         row, created = ensure_key(get_settings(), name=name, owner=owner, scopes=scope or [],

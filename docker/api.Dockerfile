@@ -22,6 +22,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /opt/lambdahat
 COPY pyproject.toml README.md ./
 COPY api ./api
+COPY backend ./backend
 COPY worker ./worker
 COPY estimator ./estimator
 COPY client ./client

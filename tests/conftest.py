@@ -37,7 +37,7 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        from api.db import _engine_for
+        from backend.db import _engine_for
 
         _engine_for.cache_clear()
         with admin.connect() as conn:
@@ -61,7 +61,7 @@ def database_url(request) -> str:
 @pytest.fixture
 def settings(tmp_path, database_url):
     """Settings for an isolated deployment: its own data dir, artifacts and database (both backends)."""
-    from api.settings import Settings
+    from backend.settings import Settings
 
     return Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=None)
 

@@ -9,7 +9,7 @@ Import fixtures into a conftest.py or test module to use them::
   with the migrations applied.
 - ``api``: a ``TestClient`` for ``create_app(service_settings, run_dispatcher=False)`` (lifespan
   run), authenticated as owner "alice". ``api.key`` is the key, ``api.owner`` the owner,
-  ``api.settings`` the settings, ``api.app`` the app.
+  ``backend.settings`` the settings, ``api.app`` the app.
 - ``other_api``: the same app as owner "bob" (another owner's ids must answer 404).
 - ``code_api``: the same app as owner "alice" with a key holding the ``run-code`` scope.
 - ``make_api(run_dispatcher=...)``: a factory fixture when a test needs the embedded dispatcher.
@@ -40,7 +40,7 @@ MLP: dict[str, Any] = {"kind": "mlp", "in_features": 4, "hidden": [8], "out_feat
 def create_key(settings, name: str, *, owner: str | None = None, scopes: list[str] | None = None) -> str:  # noqa: ANN001
     """Create an API key directly in the database; returns the plaintext key."""
     from api.auth.keys import create_key as _create
-    from api.db import session_scope
+    from backend.db import session_scope
 
     with session_scope(settings) as session:
         _, plaintext = _create(session, name=name, owner=owner, scopes=scopes or [])
@@ -48,7 +48,7 @@ def create_key(settings, name: str, *, owner: str | None = None, scopes: list[st
 
 
 def migrate(settings) -> None:  # noqa: ANN001
-    from api.migrate import upgrade
+    from backend.migrate import upgrade
 
     upgrade(settings)
 
@@ -254,8 +254,8 @@ def stored_files(settings) -> list[str]:  # noqa: ANN001
 def row_counts(settings) -> dict[str, int]:  # noqa: ANN001
     from sqlalchemy import func, select
 
-    from api.db import session_scope
-    from api.models import Checkpoint, Dataset
+    from backend.db import session_scope
+    from backend.models import Checkpoint, Dataset
 
     with session_scope(settings) as session:
         return {

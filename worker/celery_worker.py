@@ -12,8 +12,8 @@ import os
 import socket
 import sys
 
-from api.settings import get_settings
-from worker.celery_app import DEFAULT_QUEUE, make_celery
+from backend.celery_app import DEFAULT_QUEUE, make_celery
+from backend.settings import get_settings
 
 
 def default_worker_name() -> str:
@@ -55,12 +55,12 @@ def run_worker(name: str | None = None, queues: str = DEFAULT_QUEUE, device: str
     os.environ["LAMBDAHAT_WORKER_NAME"] = name
     if device:
         os.environ["LAMBDAHAT_WORKER_DEVICE"] = device
-    from api.observability.logs import configure_celery_logging
-    from api.observability.workers import start_registry
+    from backend.logs import configure_celery_logging
+    from backend.workers import start_registry
 
     configure_celery_logging(settings, worker=name)  # LAMBDAHAT_LOG_FORMAT; pool processes inherit it
 
-    from worker.reaper import start_reaper
+    from backend.reaper import start_reaper
 
     app = make_celery(settings)
     reaper = start_reaper(settings)

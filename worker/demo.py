@@ -71,7 +71,7 @@ def run_demo(port: int = 8765) -> None:
         console.print(f"[red]port {port} is in use[/red]: run `lambdahat demo --port OTHER_PORT`")
         raise SystemExit(2)
 
-    from api.settings import Settings
+    from backend.settings import Settings
 
     demo_dir = _fresh_demo_dir(Settings().data_dir / "demo")
     console.print(f"[bold]lambdahat demo[/bold]  (data dir {demo_dir})")

@@ -36,8 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from api.observability.logs import configure_logging
-from api.settings import get_settings
+from backend.logs import configure_logging
+from backend.settings import get_settings
 from worker.cores import ThreadRule
 from worker.runner import run_job
 from worker.warm import release_memory, warm_up

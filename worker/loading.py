@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from api.formats import TensorInfo, read_npz, read_safetensors
+from backend.formats import TensorInfo, read_npz, read_safetensors
 from estimator.architectures import build_model
 
 

@@ -5,7 +5,7 @@
    step runs, and turns "cancel requested", "time limit reached" and "this attempt was given up on"
    into a stop request that the estimator's progress callback returns to the sampler. A sampler
    that does not stop within ``HARD_STOP_GRACE_S`` of such a request ends its process.
-3. Load the checkpoint and dataset (``worker.loading`` + ``api.storage.ArtifactStore``), build the
+3. Load the checkpoint and dataset (``worker.loading`` + ``backend.storage.ArtifactStore``), build the
    real ``LLCConfig`` (resolving defaults), run ``estimate_llc`` with torch's threads sized to the
    cores the job can have (``worker.cores``), resized from the progress callback as load changes.
 4. In ONE transaction: result summary, per-chain rows, trace chunks, status=succeeded. Rows left by
@@ -30,12 +30,12 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.exc import OperationalError
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.jobs.lifecycle import CANCELLED, FAILED
-from api.models import Checkpoint, Dataset, Job
-from api.observability.logs import bind_context, job_logging
-from api.settings import Settings, get_settings
+from backend import lifecycle
+from backend.db import session_scope
+from backend.lifecycle import CANCELLED, FAILED
+from backend.logs import bind_context, job_logging
+from backend.models import Checkpoint, Dataset, Job
+from backend.settings import Settings, get_settings
 from worker.cores import ThreadRule
 
 log = logging.getLogger("lambdahat.runner")
@@ -316,7 +316,7 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
     try:
         import torch  # noqa: F401 - first use of torch in this process: after any fork
 
-        from api.storage import ArtifactStore
+        from backend.storage import ArtifactStore
         from estimator import LLCConfig, estimate_llc
         from worker.loading import load_dataset, load_model
     except Exception as exc:  # noqa: BLE001

@@ -25,8 +25,8 @@ _threads: ThreadRule | None = None  # this pool process's thread rule, made once
 @worker_process_init.connect
 def _prepare_pool_process(**_: object) -> None:
     global _threads
-    from api.db import get_engine
-    from api.settings import get_settings
+    from backend.db import get_engine
+    from backend.settings import get_settings
     from worker.warm import warm_up
 
     # A pooled connection opened by the parent (the reaper thread) must not be shared with a child:

@@ -25,7 +25,7 @@ def warm_up() -> float:
     start = time.perf_counter()
     import torch
 
-    import api.storage  # noqa: F401 - imported by the runner for every job
+    import backend.storage  # noqa: F401 - imported by the runner for every job
     import worker.loading  # noqa: F401
     import worker.runner  # noqa: F401
     from estimator import LLCConfig, estimate_llc

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, utcnow
+from backend.models import ApiKey, utcnow
 
 KEY_PREFIX = "lh_"
 SCOPES = ("admin", "run-code")

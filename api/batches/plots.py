@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from api.batches.endpoints import BatchServiceDep
 from api.jobs.endpoints import JobServiceDep
-from api.models import Batch
+from backend.models import Batch
 
 router = APIRouter(prefix="/v1", tags=["plots"])
 

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Batch, Checkpoint, Job, JobStatus, utcnow
 from api.pagination import paginate
+from backend.models import Batch, Checkpoint, Job, JobStatus, utcnow
 
 FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
 

@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from api.batches.repository import BatchRepository
 from api.batches.schemas import RESULT_COLUMNS, BatchCreate, BatchPublic, BatchResultRow, to_public
 from api.deps import Principal
-from api.jobs import queue
 from api.jobs.service import JobService, not_found
-from api.models import Batch, Checkpoint, JobStatus
 from api.pagination import page
-from api.settings import Settings
 from api.types import is_valid_id
+from backend import queue
+from backend.models import Batch, Checkpoint, JobStatus
+from backend.settings import Settings
 
 
 class BatchService:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import Checkpoint, Job
 from api.pagination import paginate
+from backend.models import Checkpoint, Job
 
 
 def get(session: Session, owner: str, checkpoint_id: str) -> Checkpoint | None:

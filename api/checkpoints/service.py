@@ -24,13 +24,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.checkpoints import repository
 from api.deps import Principal
-from api.formats import FormatError, count_non_finite, detect_format, read_pt2, read_safetensors
-from api.models import Checkpoint
 from api.pagination import page
-from api.settings import Settings
-from api.storage import ArtifactStore
 from api.types import is_valid_id
 from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
+from backend.formats import FormatError, count_non_finite, detect_format, read_pt2, read_safetensors
+from backend.models import Checkpoint
+from backend.settings import Settings
+from backend.storage import ArtifactStore
 from estimator import architectures
 
 TEXT_FIELDS = {"architecture", "collection", "step", "name"}

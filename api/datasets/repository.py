@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import Dataset, Job
 from api.pagination import paginate
+from backend.models import Dataset, Job
 
 
 def get(session: Session, owner: str, dataset_id: str) -> Dataset | None:

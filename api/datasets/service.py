@@ -11,7 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.datasets import repository
 from api.deps import Principal
-from api.formats import (
+from api.pagination import page
+from api.types import is_valid_id
+from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
+from backend.formats import (
     NUMERIC_DTYPES,
     FormatError,
     TensorInfo,
@@ -20,12 +23,9 @@ from api.formats import (
     read_npz,
     read_safetensors,
 )
-from api.models import Dataset
-from api.pagination import page
-from api.settings import Settings
-from api.storage import ArtifactStore
-from api.types import is_valid_id
-from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
+from backend.models import Dataset
+from backend.settings import Settings
+from backend.storage import ArtifactStore
 
 TEXT_FIELDS = {"name"}
 

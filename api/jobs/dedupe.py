@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import Checkpoint, Dataset, Job, JobStatus, utcnow
+from backend.models import Checkpoint, Dataset, Job, JobStatus, utcnow
 from estimator.config import constant_defaults
 
 # Fields left out of a config take these values; fields defaulting to None are resolved by the worker

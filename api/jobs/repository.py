@@ -1,7 +1,7 @@
 """Every query the job endpoints run, each one filtered by the caller's owner.
 
 State transitions made by workers, the reaper and the dispatcher (which act on a job id, not on
-behalf of an owner) live in ``api.jobs.lifecycle``.
+behalf of an owner) live in ``backend.lifecycle``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Checkpoint, Dataset, Job, JobStatus, TraceChunk, utcnow
+from backend.models import Checkpoint, Dataset, Job, JobStatus, TraceChunk, utcnow
 
 
 class JobRepository:

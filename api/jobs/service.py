@@ -16,13 +16,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Principal
-from api.jobs import dedupe, queue
+from api.jobs import dedupe
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import JobCreate, check_config_against
-from api.models import Checkpoint, Dataset, Job, JobStatus
 from api.pagination import decode_cursor, page
-from api.settings import Settings
 from api.types import is_valid_id
+from backend import queue
+from backend.models import Checkpoint, Dataset, Job, JobStatus
+from backend.settings import Settings
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 

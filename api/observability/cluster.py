@@ -18,9 +18,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from api.jobs.schemas import JOB_STATUSES
-from api.models import Checkpoint, Dataset, Job, JobStatus
-from api.observability import workers as worker_registry
-from api.settings import Settings
+from backend import workers as worker_registry
+from backend.models import Checkpoint, Dataset, Job, JobStatus
+from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.observability")
 

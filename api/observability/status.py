@@ -18,9 +18,9 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep
-from api.models import Job, JobStatus
 from api.observability import cluster
-from api.settings import Settings
+from backend.models import Job, JobStatus
+from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.status")
 
@@ -46,7 +46,7 @@ def redact(url: str | None) -> str | None:
 def celery_ping(settings: Settings, timeout: float) -> dict[str, str] | str:
     """``{celery hostname: "pong"}`` for every worker that answered, or why nobody could be asked."""
     try:
-        from worker.celery_app import producer
+        from backend.celery_app import producer
 
         replies = producer(settings).control.ping(timeout=timeout) or []
     except Exception as exc:  # noqa: BLE001
@@ -149,8 +149,8 @@ def status_from_database(settings: Settings | None = None, *, ping: bool = False
     """The same summary read straight from the database named by the settings (``lambdahat status
     --from-database``; an operator's view, every owner's running jobs). Whether an embedded
     dispatcher runs cannot be known from here: ``embedded.dispatcher_running`` is None."""
-    from api.db import session_scope
-    from api.settings import get_settings
+    from backend.db import session_scope
+    from backend.settings import get_settings
 
     settings = settings or get_settings()
     if settings.is_sqlite:

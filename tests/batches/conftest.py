@@ -19,8 +19,8 @@ def seed_collection(settings, owner: str, collection: str, steps: list[int | Non
                     seed_offset: int = 0) -> list[str]:
     """Checkpoints (distinct random weights) of ``collection`` with these steps, named step-<step>,
     inserted in the given order; returns their ids in that order."""
-    from api.db import session_scope
-    from api.models import Checkpoint
+    from backend.db import session_scope
+    from backend.models import Checkpoint
     from estimator.architectures import normalize, num_params
 
     architecture = normalize(CLASSIFIER)

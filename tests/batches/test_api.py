@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import io
 
-from api.db import session_scope
-from api.jobs import lifecycle
+from backend import lifecycle
+from backend.db import session_scope
 from tests.batches.conftest import FAST_CONFIG, seed_collection
 
 STEPS = [30, 10, None, 20, 0]  # inserted out of order; results come back by step, unknown step last

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.models import Job
+from backend import lifecycle
+from backend.db import session_scope
+from backend.models import Job
 from tests.batches.conftest import FAST_CONFIG, seed_collection
 from tests.helpers import create_key, migrate
 from tests.jobs.processes import Proc, Server, base_env, wait_for, wait_job
@@ -89,7 +89,7 @@ def _check_bob_is_not_starved(server: Server, alice: dict, bob: dict) -> None:
 
 @pytest.mark.slow
 def test_embedded_server_runs_another_owners_job_before_most_of_a_big_batch(tmp_path):  # noqa: ANN001
-    from api.settings import Settings
+    from backend.settings import Settings
 
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir}/lambdahat.db")
@@ -112,7 +112,7 @@ def test_celery_worker_runs_another_owners_job_before_most_of_a_big_batch(tmp_pa
 
     import redis
 
-    from api.settings import Settings
+    from backend.settings import Settings
 
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, database_url=postgres_url)

@@ -26,7 +26,7 @@ STEPS = [(37 * i) % NUM_CHECKPOINTS * 10 for i in range(NUM_CHECKPOINTS)]  # eve
 def test_a_hundred_checkpoint_batch_runs_to_completion(tmp_path, postgres_url):  # noqa: ANN001
     import redis
 
-    from api.settings import Settings
+    from backend.settings import Settings
 
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, database_url=postgres_url)

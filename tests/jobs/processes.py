@@ -167,7 +167,7 @@ class Deployment:
     ``broker_url``, a data dir under ``tmp_path``, a migrated ``database_url``), and the processes."""
 
     def __init__(self, tmp_path: Path, database_url: str, broker_url: str, **settings: Any) -> None:
-        from api.settings import Settings
+        from backend.settings import Settings
         from tests.helpers import migrate
 
         self.tmp_path = tmp_path

@@ -37,7 +37,7 @@ def classification_data(n: int = 64, in_features: int = 4, classes: int = 3, see
 
 
 def _store(settings, kind: str, source: Path) -> tuple[str, str, int]:  # noqa: ANN001
-    from api.storage import ArtifactStore
+    from backend.storage import ArtifactStore
 
     data = source.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
@@ -52,8 +52,8 @@ def _store(settings, kind: str, source: Path) -> tuple[str, str, int]:  # noqa: 
 
 def seed_artifacts(settings, owner: str = "alice", *, architecture: dict[str, Any] | None = None,  # noqa: ANN001
                    n: int = 64, seed: int = 0, checkpoint_format: str = "safetensors") -> Seeded:
-    from api.db import session_scope
-    from api.models import Checkpoint, Dataset
+    from backend.db import session_scope
+    from backend.models import Checkpoint, Dataset
     from estimator.architectures import normalize, num_params
 
     architecture = normalize(architecture or CLASSIFIER)
@@ -76,7 +76,7 @@ def seed_artifacts(settings, owner: str = "alice", *, architecture: dict[str, An
         session.add_all([checkpoint, dataset])
         session.flush()
         ids = checkpoint.id, dataset.id
-    from api.storage import ArtifactStore
+    from backend.storage import ArtifactStore
 
     store = ArtifactStore(settings)
     return Seeded(ids[0], ids[1], store.path(ck_key), store.path(ds_key), architecture, n)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.models import Job, JobChain, TraceChunk
+from backend import lifecycle
+from backend.db import session_scope
+from backend.models import Job, JobChain, TraceChunk
 from tests.jobs.seed import seed_artifacts
 
 
@@ -278,7 +278,7 @@ def test_traces_in_three_formats(api, seeded):  # noqa: ANN001
 
 
 def test_api_modules_do_not_import_torch():
-    code = ("import sys; import api.main, api.jobs.dispatcher, api.jobs.service, worker.celery_app, worker.reaper; "
+    code = ("import sys; import api.main, backend.dispatcher, api.jobs.service, backend.celery_app, backend.reaper; "
             "from api.main import create_app; create_app(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from api.jobs.dispatcher import EmbeddedDispatcher
+from backend.dispatcher import EmbeddedDispatcher
 from tests.jobs.processes import wait_for
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.models import Job, utcnow
-from worker.reaper import reap_once
+from backend import lifecycle
+from backend.db import session_scope
+from backend.models import Job, utcnow
+from backend.reaper import reap_once
 
 
 def new_job(settings, seeded) -> str:  # noqa: ANN001

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from api.db import session_scope
-from api.models import JobChain
+from backend.db import session_scope
+from backend.models import JobChain
 from worker.runner import run_job
 
 # Small and explicit: no automatic tuning, a few hundred steps.

@@ -9,8 +9,8 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from api.db import session_scope
-from api.models import Job, JobChain, TraceChunk
+from backend.db import session_scope
+from backend.models import Job, JobChain, TraceChunk
 from tests.jobs.test_runner import CONFIG, submit
 from worker.runner import run_job
 

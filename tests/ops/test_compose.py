@@ -70,6 +70,15 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+def declared_packages() -> list[str]:
+    """The top-level packages pyproject.toml installs (its ``packages.find`` include patterns)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    return [pattern.removesuffix("*") for pattern in patterns]
+
+
 def dockerfile_of(service: dict[str, Any]) -> Path | None:
     build = service.get("build")
     if build is None:
@@ -150,10 +159,10 @@ def test_every_command_exists_in_the_cli_with_the_options_it_passes(services) ->
 
 
 def test_every_lambdahat_variable_is_a_setting_or_read_by_the_code(compose, services) -> None:  # noqa: ANN001
-    from api.settings import Settings
+    from backend.settings import Settings
 
     settings_variables = {f"LAMBDAHAT_{name.upper()}" for name in Settings.model_fields}
-    source = "\n".join(p.read_text() for d in ("api", "worker", "client") for p in (ROOT / d).rglob("*.py"))
+    source = "\n".join(p.read_text() for d in ("api", "backend", "worker", "client") for p in (ROOT / d).rglob("*.py"))
     used = set()
     for svc in services.values():
         used |= {k for k in environment(svc) if k.startswith("LAMBDAHAT_")}
@@ -174,7 +183,7 @@ def test_every_lambdahat_variable_is_a_setting_or_read_by_the_code(compose, serv
 
 def test_environment_is_accepted_by_settings(services) -> None:  # noqa: ANN001
     """The values compose sets parse as Settings (no typo'd enum, no malformed number)."""
-    from api.settings import Settings
+    from backend.settings import Settings
 
     for name, svc in lambdahat_services(services).items():
         env = {k: re.sub(r"\$\{[^}]*\}", "x", v) for k, v in environment(svc).items() if k.startswith("LAMBDAHAT_")}
@@ -203,7 +212,7 @@ def test_api_port_healthcheck_and_public_bind(services) -> None:  # noqa: ANN001
     health = " ".join(api["healthcheck"]["test"])
     assert f"127.0.0.1:{port}/healthz" in health
     from api.main import create_app
-    from api.settings import Settings
+    from backend.settings import Settings
 
     paths = set(create_app(Settings(database_url="sqlite://")).openapi()["paths"])
     assert {"/healthz", "/metrics", "/v1/status"} <= paths
@@ -327,7 +336,7 @@ def test_dockerfiles_exist_and_their_copy_sources_exist(services) -> None:  # no
                 assert (ROOT / source).exists(), f"{dockerfile.name}: COPY source {source} does not exist"
                 assert not ignored(source, patterns), f"{dockerfile.name}: COPY source {source} is in .dockerignore"
         # What `pip install .` needs: every package the project declares is copied.
-        for package in ("api", "worker", "estimator", "client", "migrations"):
+        for package in declared_packages():
             assert any(package in line.split()[:-1] for line in copies), f"{dockerfile.name} does not COPY {package}"
         assert "pyproject.toml" in text and "README.md" in text
 

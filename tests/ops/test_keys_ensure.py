@@ -67,7 +67,7 @@ def test_ensure_refuses_bad_keys_with_a_reason(settings, tmp_path, content, args
 
 def test_ensure_refuses_a_revoked_or_differently_registered_key(settings, tmp_path) -> None:  # noqa: ANN001
     from api.auth.keys import revoke_key
-    from api.db import session_scope
+    from backend.db import session_scope
 
     secret = tmp_path / "key"
     key = "lh_" + secrets.token_urlsafe(32)

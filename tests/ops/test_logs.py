@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from api.observability import logs
+from backend import logs
 from tests.helpers import api, make_api, service_settings  # noqa: F401 - fixtures
 from tests.jobs.seed import seed_artifacts
 

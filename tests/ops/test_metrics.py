@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from api.db import session_scope
-from api.models import Checkpoint, Dataset, Job
 from api.observability.cluster import DURATION_BUCKETS
+from backend.db import session_scope
+from backend.models import Checkpoint, Dataset, Job
 from tests.helpers import api, make_api, service_settings  # noqa: F401 - fixtures
 from tests.jobs.seed import seed_artifacts
 
@@ -224,7 +224,7 @@ def test_metrics_answer_while_the_database_is_down(tmp_path) -> None:  # noqa: A
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.settings import Settings
+    from backend.settings import Settings
 
     settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")
     with TestClient(create_app(settings, run_dispatcher=False)) as client:
@@ -256,8 +256,8 @@ TIME_DEPENDENT = {"lambdahat_metrics_collect_seconds", "lambdahat_queue_oldest_a
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_two_api_processes_report_the_same_cluster_and_sum_request_counters(tmp_path, postgres_url) -> None:  # noqa: ANN001
-    from api.observability.workers import WorkerRegistryThread, registry_key
-    from api.settings import Settings
+    from backend.settings import Settings
+    from backend.workers import WorkerRegistryThread, registry_key
     from tests.helpers import create_key, migrate
     from tests.jobs.processes import Server, base_env
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from api.db import session_scope
-from api.models import Job
+from backend.db import session_scope
+from backend.models import Job
 from tests.helpers import api, create_key, make_api, serve_in_thread, service_settings  # noqa: F401 - fixtures
 from tests.jobs.seed import seed_artifacts
 
@@ -114,7 +114,7 @@ def test_lambdahat_status_subprocess_against_an_embedded_server(service_settings
 
 def test_without_a_server_address_status_falls_back_to_the_database(service_settings, monkeypatch) -> None:  # noqa: ANN001, F811
     import client._http
-    from api.settings import get_settings
+    from backend.settings import get_settings
     from client.cluster_status import cluster_status
     from client.errors import ConnectionFailed
     from tests.helpers import free_port
@@ -146,8 +146,8 @@ CONFIG = {"num_chains": 1, "num_burnin_steps": 0, "epsilon": 1e-4, "gamma": 100.
 def test_status_of_a_distributed_deployment(tmp_path, postgres_url) -> None:  # noqa: ANN001
     import redis
 
-    from api.observability.workers import registry_key
-    from api.settings import Settings
+    from backend.settings import Settings
+    from backend.workers import registry_key
     from tests.helpers import migrate, random_state_dict, write_safetensors
     from tests.jobs.processes import Proc, Server, base_env, upload, wait_for, wait_job
     from tests.jobs.seed import CLASSIFIER, classification_data

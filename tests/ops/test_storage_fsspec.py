@@ -17,8 +17,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from api.settings import Settings
-from api.storage import ArtifactStore
+from backend.settings import Settings
+from backend.storage import ArtifactStore
 from tests.helpers import MLP, api_client, create_key, migrate, running_app, write_checkpoint, write_dataset
 
 CONFIG = {"num_chains": 1, "num_draws": 20, "num_burnin_steps": 5, "epsilon": 1e-3, "gamma": 100.0,

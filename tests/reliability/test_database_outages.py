@@ -15,8 +15,8 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from api.db import session_scope
-from api.models import Job, JobChain, TraceChunk
+from backend.db import session_scope
+from backend.models import Job, JobChain, TraceChunk
 from tests.jobs.test_runner import CONFIG, submit
 from worker.runner import run_job
 
@@ -95,7 +95,7 @@ def test_a_database_that_is_down_answers_503_with_json(tmp_path):  # noqa: ANN00
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.settings import Settings
+    from backend.settings import Settings
 
     # Nothing listens on port 1: every connection attempt is refused.
     settings = Settings(data_dir=tmp_path / "data", database_url="postgresql+psycopg://postgres@127.0.0.1:1/none")

@@ -14,8 +14,8 @@ import re
 from sqlalchemy import select
 
 from api.auth.keys import create_key, revoke_key
-from api.db import session_scope
-from api.models import ApiKey, Job
+from backend.db import session_scope
+from backend.models import ApiKey, Job
 from tests.batches.conftest import seed_collection
 from tests.jobs.seed import seed_artifacts
 

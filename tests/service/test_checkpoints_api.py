@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from api.models import Job
+from backend.models import Job
 from tests.helpers import (
     MLP,
     assert_nothing_stored,
@@ -255,7 +255,7 @@ def test_wrong_key_is_401_before_the_body_is_stored(api, tmp_path):
 
 
 def test_delete_refused_while_jobs_use_it(api, tmp_path):
-    from api.db import session_scope
+    from backend.db import session_scope
 
     checkpoint = upload_checkpoint(api, write_checkpoint(tmp_path / "c"), MLP).json()
     dataset = upload_dataset(api, write_dataset(tmp_path / "d")).json()

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from api.models import Job
+from backend.models import Job
 from tests.helpers import (
     assert_nothing_stored,
     row_counts,
@@ -88,7 +88,7 @@ def test_other_owner_gets_404_and_cannot_delete(api, other_api, tmp_path):
 
 
 def test_delete_refused_while_jobs_use_it(api, tmp_path):
-    from api.db import session_scope
+    from backend.db import session_scope
     from tests.helpers import MLP, upload_checkpoint
 
     dataset = upload_dataset(api, write_dataset(tmp_path / "d")).json()
@@ -118,7 +118,7 @@ def test_missing_or_wrong_key_is_401(api, tmp_path, header):
 
 def test_revoked_key_is_401(api, tmp_path):
     from api.auth.keys import revoke_key
-    from api.db import session_scope
+    from backend.db import session_scope
 
     with session_scope(api.settings) as session:
         revoke_key(session, api.key[:10])

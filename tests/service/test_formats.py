@@ -1,4 +1,4 @@
-"""Content-based format detection and parsing (api/formats.py): pure Python + numpy, no pickle."""
+"""Content-based format detection and parsing (backend/formats.py): pure Python + numpy, no pickle."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from api import formats
-from api.formats import FormatError, count_non_finite, detect_format, read_npz, read_pt2, read_safetensors
+from backend import formats
+from backend.formats import FormatError, count_non_finite, detect_format, read_npz, read_pt2, read_safetensors
 from tests.helpers import MLP, write_checkpoint, write_dataset, write_safetensors
 
 

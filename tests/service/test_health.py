@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.settings import Settings
+from backend.settings import Settings
 
 
 def test_ready_when_the_database_answers(api):

@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db import make_engine
-from api.migrate import downgrade, upgrade
-from api.models import Base
+from backend.db import make_engine
+from backend.migrate import downgrade, upgrade
+from backend.models import Base
 
 TABLES = {"api_keys", "checkpoints", "datasets", "jobs", "job_chains", "trace_chunks"}
 

@@ -174,7 +174,7 @@ def test_serve_creates_a_private_local_key_that_works(tmp_path):
 
 def test_serve_refuses_a_public_address_with_only_the_local_key(tmp_path):
     from api.server import prepare
-    from api.settings import Settings
+    from backend.settings import Settings
 
     data_dir = tmp_path / "public"
     proc = _serve(data_dir, free_port(), host="0.0.0.0")
@@ -201,9 +201,9 @@ def test_loopback_detection(host, loopback):
 def test_local_key_is_replaced_not_multiplied(tmp_path):
     """Losing the key file makes a new local key and revokes the old one; neither counts as an
     explicit key for binding a public address; loosened file permissions are repaired."""
-    from api.db import session_scope
     from api.server import ServerConfigError, explicit_key_count, local_key_path, prepare
-    from api.settings import Settings
+    from backend.db import session_scope
+    from backend.settings import Settings
     from tests.helpers import create_key
 
     settings = Settings(data_dir=tmp_path / "d")

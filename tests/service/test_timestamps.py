@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import StatementError
 
-from api.db import session_scope
-from api.models import Job
+from backend.db import session_scope
+from backend.models import Job
 from tests.jobs.seed import seed_artifacts
 
 

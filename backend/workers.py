@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import Job
+from backend.models import Job
 
 log = logging.getLogger("lambdahat.workers")
 
@@ -58,7 +58,7 @@ class WorkerSeen:
 def registry_key(queue: str | None = None) -> str:
     """The registry hash of the deployment whose shared queue is ``queue`` (default: this process's)."""
     if queue is None:
-        from worker.celery_app import queue_name
+        from backend.celery_app import queue_name
 
         queue = queue_name()
     return REGISTRY_KEY_PREFIX + queue

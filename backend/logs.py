@@ -173,7 +173,7 @@ def configure_logging(settings: Any = None, *, log_format: str | None = None, le
     records reach the root handler as JSON too.
     """
     if settings is None and (log_format is None or level is None):
-        from api.settings import get_settings
+        from backend.settings import get_settings
 
         settings = get_settings()
     log_format = log_format or settings.log_format

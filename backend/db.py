@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings, get_settings
+from backend.settings import Settings, get_settings
 
 
 def make_engine(url: str) -> Engine:

@@ -29,7 +29,7 @@ from typing import Any
 
 from celery import Celery
 
-from api.settings import Settings, get_settings
+from backend.settings import Settings, get_settings
 
 TASK_NAME = "lambdahat.run_job"
 DEFAULT_QUEUE = "lambdahat"
@@ -103,7 +103,7 @@ def send_run_job(settings: Settings, job_id: str) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    # `celery -A worker.celery_app worker` looks up `app`; build it from the environment on demand.
+    # `celery -A backend.celery_app worker` looks up `app`; build it from the environment on demand.
     if name in ("app", "celery"):
         return make_celery()
     raise AttributeError(name)

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Job, JobChain, JobStatus, TraceChunk, utcnow
+from backend.models import Job, JobChain, JobStatus, TraceChunk, utcnow
 
 QUEUED, RUNNING = JobStatus.queued.value, JobStatus.running.value
 SUCCEEDED, FAILED, CANCELLED = JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value

@@ -36,10 +36,10 @@ import weakref
 from pathlib import Path
 from typing import IO, Any
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.models import Job
-from api.settings import Settings
+from backend import lifecycle
+from backend.db import session_scope
+from backend.models import Job
+from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.dispatcher")
 

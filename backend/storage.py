@@ -39,7 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from api.settings import Settings
+from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.storage")
 

@@ -23,10 +23,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from api.db import session_scope
-from api.jobs import lifecycle
-from api.models import Job
-from api.settings import Settings
+from backend import lifecycle
+from backend.db import session_scope
+from backend.models import Job
+from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.reaper")
 
@@ -61,9 +61,9 @@ def blind_requeue_after(settings: Settings) -> float:
 
 def reap_once(settings: Settings, enqueue: EnqueueFn | None = None,
               broker_job_ids: Callable[[], set[str] | None] | None = None) -> ReapReport:
-    """One pass. ``enqueue`` sends job ids to the workers (default: ``api.jobs.queue.enqueue``)."""
+    """One pass. ``enqueue`` sends job ids to the workers (default: ``backend.queue.enqueue``)."""
     if enqueue is None:
-        from api.jobs.queue import enqueue as enqueue_to_broker
+        from backend.queue import enqueue as enqueue_to_broker
 
         def enqueue(ids: Sequence[str]) -> None:
             enqueue_to_broker(settings, ids)
@@ -119,7 +119,7 @@ def job_ids_in_broker(settings: Settings) -> set[str] | None:
     Reads kombu's Redis layout (a list per queue and priority, an ``unacked`` hash); None when the
     broker is not Redis or cannot be read, so the caller falls back to time-based re-sending.
     """
-    from worker.celery_app import TASK_NAME, queue_name
+    from backend.celery_app import TASK_NAME, queue_name
 
     url = settings.broker_url or ""
     if not url.startswith(("redis://", "rediss://")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from api.settings import Settings
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,11 @@ def enqueue(settings: Settings, job_ids: str | Iterable[str]) -> None:
     if not ids:
         return
     if settings.embedded:
-        from api.jobs.dispatcher import wake_dispatchers
+        from backend.dispatcher import wake_dispatchers
 
         wake_dispatchers(settings)
         return
-    from worker.celery_app import send_run_job
+    from backend.celery_app import send_run_job
 
     for job_id in ids:
         try:
