@@ -38,7 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from api.observability import cluster
+from backend import cluster
 from backend.settings import Settings
 from backend.workers import WORKER_WINDOW_S
 

@@ -147,7 +147,7 @@ class Deployment:
             _postgres(f"CREATE DATABASE {self.database}")
             env.update(LAMBDAHAT_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.database}",
                        LAMBDAHAT_BROKER_URL="redis://127.0.0.1:6379/13", LAMBDAHAT_QUEUE=f"lh-bench-{self.port}")
-            subprocess.run([sys.executable, "-m", "client.cli", "db", "upgrade"], env=env, cwd=root, check=True,
+            subprocess.run([sys.executable, "-m", "ops.cli", "db", "upgrade"], env=env, cwd=root, check=True,
                            capture_output=True)
         self.env = env
         self.client: httpx.Client | None = None
@@ -167,7 +167,7 @@ class Deployment:
     def _start(self, args: list[str], log_name: str) -> Path:
         log = self.workdir / log_name
         self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "client.cli", *args], env=self.env, cwd=self.root, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "ops.cli", *args], env=self.env, cwd=self.root, stdin=subprocess.DEVNULL,
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True))  # noqa: SIM115
         return log
 

@@ -80,7 +80,7 @@ class Deployment:
         self.processes: list[subprocess.Popen] = []
         self.logs = data_dir.parent
         if database_url and not database_url.startswith("sqlite"):
-            subprocess.run([sys.executable, "-m", "client.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-m", "ops.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True)
         self._start(["serve", "--port", str(self.port)], env, "serve.log")
         deadline = time.monotonic() + 60
         while not self._healthy():
@@ -94,7 +94,7 @@ class Deployment:
 
     def _start(self, args: list[str], env: dict[str, str], log_name: str) -> None:
         log = open(self.logs / log_name, "ab")  # noqa: SIM115 - closed with the process
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "client.cli", *args], env=env, cwd=ROOT,
+        self.processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, cwd=ROOT,
                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def _healthy(self) -> bool:

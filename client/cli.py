@@ -1,8 +1,8 @@
-"""The ``lambdahat`` command.
+"""The user commands of ``lambdahat``: upload, submit, batch, status, wait, results, traces, ...
 
-Server-side commands (serve, worker, db, keys, demo) import their implementation lazily, so the
-client commands stay light and the client SDK never imports server code. User commands (upload,
-submit, status, wait, results, traces, ...) go through the client SDK over HTTP; see docs/client.md.
+They talk to a running server over HTTP through the client SDK and never import server code (see
+docs/client.md). The operator commands (serve, worker, db, keys, demo) are added to this same
+``app`` by ``ops/cli.py``, the ``lambdahat`` entry point.
 """
 
 from __future__ import annotations
@@ -20,115 +20,6 @@ import typer
 from estimator.config import LOSSES
 
 app = typer.Typer(help="lambdahat: local learning coefficient estimation for PyTorch checkpoints.", no_args_is_help=True)
-db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(keys_app, name="keys")
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-) -> None:
-    """Run the API (and, in embedded mode, the local job dispatcher)."""
-    from api.server import run_server
-
-    run_server(host=host, port=port)
-
-
-@app.command()
-def worker(
-    name: Annotated[str | None, typer.Option(help="Worker name, recorded on the jobs it runs.")] = None,
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "lambdahat",
-    device: Annotated[str | None, typer.Option(help="Device for jobs that ask for 'auto' (cpu, cuda, cuda:N).")] = None,
-) -> None:
-    """Run a Celery worker against LAMBDAHAT_BROKER_URL (prefork, one process, prefetch 1, acks late)."""
-    from worker.celery_worker import run_worker
-
-    run_worker(name=name, queues=queues, device=device)
-
-
-@db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Apply migrations up to REVISION (default head)."""
-    from backend.migrate import upgrade
-
-    upgrade(revision=revision)
-    typer.echo(f"database upgraded to {revision}")
-
-
-@db_app.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
-    """Revert migrations down to REVISION ('base' for an empty database)."""
-    from backend.migrate import downgrade
-
-    downgrade(revision=revision)
-    typer.echo(f"database downgraded to {revision}")
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="A label for the key.")],
-    owner: Annotated[str | None, typer.Option(help="Owner the key acts for (default: NAME).")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="Extra scope: admin, run-code. Repeatable.")] = None,
-) -> None:
-    """Create an API key and print it as the last line (only its hash is stored)."""
-    from api.admin import create_key_cli
-
-    create_key_cli(name=name, owner=owner, scopes=scope or [])
-
-
-@keys_app.command("ensure")
-def keys_ensure(
-    name: Annotated[str, typer.Option(help="A label for the key.")],
-    key_file: Annotated[Path, typer.Option(help="File holding the key (e.g. a container secret).")],
-    owner: Annotated[str | None, typer.Option(help="Owner the key acts for (default: NAME).")] = None,
-    scope: Annotated[list[str] | None, typer.Option(help="Extra scope: admin, run-code. Repeatable.")] = None,
-) -> None:
-    """Register the key in KEY_FILE (its hash) unless it already is; for deployments (docs/deploy.md)."""
-    from api.bootstrap import KeyBootstrapError, ensure_key, read_key_file
-    from backend.settings import get_settings
-
-    try:
-        row, created = ensure_key(get_settings(), name=name, owner=owner, scopes=scope or [],
-                                  plaintext=read_key_file(key_file))
-    except KeyBootstrapError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    state = "registered" if created else "already registered"
-    typer.echo(f"key {row.id} (prefix {row.prefix}) {state} for owner {row.owner!r}, scopes: {', '.join(row.scopes) or 'none'}")
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """List keys (prefix, owner, scopes, state); never the keys themselves."""
-    from api.admin import list_keys_cli
-
-    list_keys_cli()
-
-
-@keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")]) -> None:
-    """Revoke a key: requests with it answer 401 from now on."""
-    from api.admin import revoke_key_cli
-
-    revoke_key_cli(key)
-
-
-@app.command()
-def demo(
-    port: Annotated[int, typer.Option(help="Port for the embedded service.")] = 8765,
-) -> None:
-    """Train a small model on real data, score its checkpoints through the embedded service, print λ̂ over training."""
-    from worker.demo import run_demo
-
-    run_demo(port=port)
-
-
-# =============================================================================================
-# User commands: talk to a running server over HTTP through the client SDK (never server code).
-#
 # Exit codes (documented in docs/client.md; scripts may rely on them):
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # the job (or a job of the batch) finished failed or cancelled
@@ -545,7 +436,7 @@ def results(
 
 def _plot_for(cl: Any, target: Any, rows: list[dict[str, Any]]) -> bytes:
     from client import Batch
-    from client.plots import plot_job_traces, plot_llc_over_training, series_from_rows
+    from estimator.plots import plot_job_traces, plot_llc_over_training, series_from_rows
 
     if isinstance(target, Batch):
         return plot_llc_over_training({target.collection or f"batch {target.id[:8]}": series_from_rows(rows)})
@@ -587,7 +478,7 @@ def traces(
     import numpy as np
 
     from client._output import print_csv, print_json, print_table, stdout
-    from client.plots import plot_job_traces
+    from estimator.plots import plot_job_traces
 
     with _connect(url, api_key) as cl:
         job = cl.job(job_id)
@@ -621,11 +512,3 @@ def traces(
             ])
         print_table(["chain", "draws", "mean loss", "final λ̂"], rows, title=f"job {job.id}")
         stdout.print(f"L_n(w*) = {data['init_loss']:.6g}", highlight=False)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -9,6 +9,7 @@ fallback when no server address was given and the default local server is not ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from client._http import Call, json_body
@@ -46,14 +47,19 @@ def cluster_status(url: str | None, api_key: str | None, *, ping: bool = False,
         return _from_database(ping)
 
 
+# How to read this machine's deployment database, installed by the operator's command line
+# (``ops/cli.py``); None where only the SDK runs.
+read_database: Callable[[bool], dict[str, Any]] | None = None
+
+
 def _from_database(ping: bool) -> dict[str, Any]:
-    # Server code, imported only here: the client proper never needs it.
     from client.errors import ServerError
 
+    if read_database is None:
+        raise ServerError("reading the database needs the operator's command line (`lambdahat status`, "
+                          "with the server parts installed)")
     try:
-        from api.observability.status import status_from_database
-
-        return status_from_database(ping=ping)
+        return read_database(ping)
     except Exception as exc:  # noqa: BLE001 - e.g. no database at the configured URL
         message = str(exc).splitlines()[0] if str(exc) else ""
         raise ServerError(f"cannot read the database: {type(exc).__name__}: {message}") from None

@@ -26,6 +26,7 @@ COPY backend ./backend
 COPY worker ./worker
 COPY estimator ./estimator
 COPY client ./client
+COPY ops ./ops
 COPY migrations ./migrations
 # s3: fsspec's S3 backend, for LAMBDAHAT_ARTIFACT_DIR=s3://bucket/prefix (docs/deploy.md).
 RUN pip install ".[s3]" && rm -rf build *.egg-info

@@ -25,6 +25,7 @@ COPY backend ./backend
 COPY worker ./worker
 COPY estimator ./estimator
 COPY client ./client
+COPY ops ./ops
 COPY migrations ./migrations
 RUN pip install ".[s3]" && rm -rf build *.egg-info
 

@@ -3,7 +3,7 @@
     from estimator import estimate_llc, LLCConfig, LLCResult
     result = estimate_llc(model, (inputs, targets), loss="cross_entropy", config=LLCConfig(seed=0))
 
-A pure library (torch + numpy). See docs/estimator.md.
+A pure library (torch + numpy; matplotlib for `estimator.plots` only). See docs/estimator.md.
 
 Importing the package does not import torch: ``LLCConfig`` and the vocabulary of accepted names
 (``estimator.config``) are plain Python, so the API validates job configs with the estimator's own

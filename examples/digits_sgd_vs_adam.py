@@ -99,7 +99,7 @@ def start_server(data_dir: Path, port: int, concurrency: int) -> subprocess.Pope
                LAMBDAHAT_HEARTBEAT_INTERVAL="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the server process
-    return subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -117,7 +117,7 @@ def _start_server(demo_dir: Path, port: int) -> subprocess.Popen:
     env["LAMBDAHAT_HEARTBEAT_INTERVAL"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     log = open(demo_dir / "server.log", "ab")  # noqa: SIM115 - owned by the server process
-    return subprocess.Popen([sys.executable, "-m", "client.cli", "serve", "--port", str(port)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                             start_new_session=True)
 

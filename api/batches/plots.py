@@ -30,7 +30,7 @@ def _png(data: bytes) -> Response:
             responses={200: _PNG, 404: {"description": "No such job"}, 409: {"description": "No traces (yet)"}})
 def job_plot(job_id: Id, service: JobServiceDep) -> Response:
     """Loss traces per chain with the L_n(w*) line, running λ̂ per chain, diagnostics and warnings."""
-    from client.plots import plot_job_traces
+    from estimator.plots import plot_job_traces
 
     traces = service.traces(job_id)
     result = service.get(job_id).result or {}
@@ -46,7 +46,7 @@ def _series_name(batch: Batch) -> str:
             responses={200: _PNG, 404: {"description": "No such batch"}})
 def batch_plot(batch_id: Id, service: BatchServiceDep) -> Response:
     """λ̂ ± std (over chains) against training step, one point per checkpoint with a result."""
-    from client.plots import plot_llc_over_training, series_from_rows
+    from estimator.plots import plot_llc_over_training, series_from_rows
 
     batch = service.get(batch_id)
     rows = [row.model_dump() for row in service.results(batch_id)]
@@ -63,7 +63,7 @@ def compare_plot(
         description="A collection to draw: its most recent batch (repeatable)")] = None,
 ) -> Response:
     """Several batches (or collections: each one's newest batch) as λ̂-over-training lines on one axis."""
-    from client.plots import plot_llc_over_training, series_from_rows
+    from estimator.plots import plot_llc_over_training, series_from_rows
 
     batch_ids, collections = list(batch_id or []), list(collection or [])
     if not batch_ids and not collections:

@@ -50,7 +50,7 @@ def free_port() -> int:
 def lambdahat_command() -> list[str]:
     """The installed ``lambdahat`` script of this interpreter's environment (else ``python -m``)."""
     script = Path(sys.executable).with_name("lambdahat")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "client.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ops.cli"]
 
 
 def process_env(data_dir: Path, **overrides: str) -> dict[str, str]:

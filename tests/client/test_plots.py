@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from client.plots import diagnostics_summary, plot_job_traces, plot_llc_over_training, series_from_rows
+from estimator.plots import diagnostics_summary, plot_job_traces, plot_llc_over_training, series_from_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -56,7 +56,7 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "client.cli", *args], env=env, cwd=ROOT,
+        self.process = subprocess.Popen([sys.executable, "-m", "ops.cli", *args], env=env, cwd=ROOT,
                                         stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
 

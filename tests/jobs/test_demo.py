@@ -18,7 +18,7 @@ def test_demo_trains_uploads_scores_and_reports(tmp_path):  # noqa: ANN001
     port = free_port()
     env = base_env(tmp_path / "data", demo_quick=1)
     env["COLUMNS"] = "120"
-    run = subprocess.run([sys.executable, "-m", "client.cli", "demo", "--port", str(port)], cwd=ROOT, env=env,
+    run = subprocess.run([sys.executable, "-m", "ops.cli", "demo", "--port", str(port)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=400)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output

@@ -129,7 +129,7 @@ def test_compose_file_is_valid_compose_syntax(compose, services) -> None:  # noq
 def test_every_command_exists_in_the_cli_with_the_options_it_passes(services) -> None:  # noqa: ANN001
     import typer
 
-    from client.cli import app
+    from ops.cli import app
 
     root = typer.main.get_command(app)
     is_group = lambda c: hasattr(c, "commands")  # noqa: E731 - typer's click groups (typer may vendor click)
@@ -152,7 +152,7 @@ def test_every_command_exists_in_the_cli_with_the_options_it_passes(services) ->
         checked_paths.add(tuple(path))
     # And each really runs: `lambdahat <cmd> --help` exits 0.
     for path in sorted(checked_paths):
-        result = subprocess.run([sys.executable, "-m", "client.cli", *path, "--help"], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "ops.cli", *path, "--help"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, (path, result.stderr)
         assert "Usage" in result.stdout

@@ -26,7 +26,7 @@ def ensure(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
     env.update(LAMBDAHAT_DATA_DIR=str(settings.data_dir), LAMBDAHAT_DATABASE_URL=settings.database_url,
                PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "client.cli", "keys", "ensure", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "ops.cli", "keys", "ensure", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from api.observability.cluster import DURATION_BUCKETS
+from backend.cluster import DURATION_BUCKETS
 from backend.db import session_scope
 from backend.models import Checkpoint, Dataset, Job
 from tests.helpers import api, make_api, service_settings  # noqa: F401 - fixtures

@@ -28,7 +28,7 @@ def lambdahat(*args: str, url: str, key: str, timeout: float = 60,
     extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDAHAT_")}
     env.update(LAMBDAHAT_URL=url, LAMBDAHAT_API_KEY=key, PYTHONPATH=str(ROOT), COLUMNS="200", **extra)
-    return subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

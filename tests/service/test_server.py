@@ -117,7 +117,7 @@ def _cli_env(data_dir: Path) -> dict[str, str]:
 
 def _serve(data_dir: Path, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "serve", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "ops.cli", "serve", "--host", host, "--port", str(port)],
         env=_cli_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -183,7 +183,7 @@ def test_serve_refuses_a_public_address_with_only_the_local_key(tmp_path):
     assert "refusing to bind 0.0.0.0" in out and "lambdahat keys create" in out
     assert (data_dir / "api_key").exists()  # the local key was made; it alone does not open the service
 
-    created = subprocess.run([sys.executable, "-m", "client.cli", "keys", "create", "--name", "remote-user"],
+    created = subprocess.run([sys.executable, "-m", "ops.cli", "keys", "create", "--name", "remote-user"],
                              env=_cli_env(data_dir), capture_output=True, text=True, timeout=120, check=True)
     assert created.stdout.strip().splitlines()[-1].startswith("lh_")
     prepare(Settings(data_dir=data_dir), "0.0.0.0")  # now allowed (not bound here)

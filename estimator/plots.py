@@ -1,4 +1,4 @@
-"""Plots shared by the client, the CLI and the server's ``plot.png`` endpoints. matplotlib + numpy only.
+"""Figures of LLC results, shared by the SDK, the CLI and the server's ``plot.png`` endpoints. matplotlib + numpy only.
 
 Each function returns PNG bytes. Figures are built with matplotlib's object API on the Agg canvas
 (never pyplot), so they are safe to render from server threads and leave no global state behind.
