@@ -1,44 +1,23 @@
-"""The lambdahat Python client: ``Client`` (blocking) and ``AsyncClient`` (asyncio), plus its errors.
+"""Deprecated: the SDK is ``lambdahat`` now (``from lambdahat import Client, AsyncClient``).
 
-It talks to the server over HTTP only (httpx) and never imports server code; torch is imported only
-when you hand it torch objects. See docs/client.md.
+``client`` and its submodules (``client.errors``, ``client.models``, ...) keep importing, as the
+same objects as ``lambdahat``'s, for one release, with a DeprecationWarning.
 """
 
-from client.errors import (
-    Conflict,
-    ConnectionFailed,
-    Forbidden,
-    JobFailed,
-    LambdahatError,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    ServerError,
-    Unauthorized,
-    ValidationFailed,
-    WaitTimeout,
-)
-from client.models import Batch, Checkpoint, Dataset, Job, JobResult
-from client.sdk import AsyncClient, Client
+from __future__ import annotations
 
-__all__ = [
-    "AsyncClient",
-    "Batch",
-    "Checkpoint",
-    "Client",
-    "Conflict",
-    "ConnectionFailed",
-    "Dataset",
-    "Forbidden",
-    "Job",
-    "JobFailed",
-    "JobResult",
-    "LambdahatError",
-    "NotFound",
-    "PayloadTooLarge",
-    "RateLimited",
-    "ServerError",
-    "Unauthorized",
-    "ValidationFailed",
-    "WaitTimeout",
-]
+import importlib
+import sys
+import warnings
+
+from lambdahat import *  # noqa: F403 - the deprecated name re-exports the whole public surface
+from lambdahat import __all__  # noqa: F401
+
+warnings.warn("the 'client' package is deprecated; import from 'lambdahat' instead "
+              "(from lambdahat import Client, AsyncClient)", DeprecationWarning, stacklevel=2)
+
+# `from client.errors import NotFound` finds the very module `lambdahat.errors` (same classes, so
+# isinstance checks and except clauses keep working across the two names).
+for _name in ("errors", "models", "sdk", "serialize", "cli", "cluster_status"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"lambdahat.{_name}")
+del _name

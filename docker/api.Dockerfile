@@ -25,11 +25,12 @@ COPY api ./api
 COPY backend ./backend
 COPY worker ./worker
 COPY estimator ./estimator
+COPY lambdahat ./lambdahat
 COPY client ./client
 COPY ops ./ops
 COPY migrations ./migrations
 # s3: fsspec's S3 backend, for LAMBDAHAT_ARTIFACT_DIR=s3://bucket/prefix (docs/deploy.md).
-RUN pip install ".[s3]" && rm -rf build *.egg-info
+RUN pip install ".[server,s3]" && rm -rf build *.egg-info
 
 # An unprivileged user; the data dir and the artifact mount point belong to it, so a fresh named volume
 # mounted there is writable (the worker image uses the same uid for the shared artifact volume).

@@ -24,10 +24,11 @@ COPY api ./api
 COPY backend ./backend
 COPY worker ./worker
 COPY estimator ./estimator
+COPY lambdahat ./lambdahat
 COPY client ./client
 COPY ops ./ops
 COPY migrations ./migrations
-RUN pip install ".[s3]" && rm -rf build *.egg-info
+RUN pip install ".[server,s3]" && rm -rf build *.egg-info
 
 RUN useradd --create-home --uid 10001 lambdahat \
  && mkdir -p /var/lib/lambdahat/artifacts \

@@ -145,7 +145,7 @@ def free_port() -> int:
 def score(url: str, api_key: str, snapshots: list[Snapshot], data, llc_config: dict[str, Any],  # noqa: ANN001
           progress: bool) -> tuple[dict[str, list[dict]], bytes]:
     """Upload, run one batch per optimizer, wait; returns the results rows per optimizer and the plot."""
-    from client import Client
+    from lambdahat import Client
 
     x_train, y_train = data[0], data[1]
     with Client(url, api_key, timeout=300) as cl:

@@ -1,4 +1,4 @@
-"""The ``lambdahat`` command: the SDK's user commands (``client/cli.py``) plus the operator's.
+"""The ``lambdahat`` command: the SDK's user commands (``lambdahat/cli.py``) plus the operator's.
 
 Operator commands run and administer a deployment on its own machine: ``serve`` (the API, and the
 embedded job dispatcher), ``worker`` (a Celery worker), ``db`` (migrations), ``keys`` (API keys) and
@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from client import cluster_status
-from client.cli import app
+from lambdahat import cluster_status
+from lambdahat.cli import app
 
 SERVER_PARTS_HINT = "the server parts are not installed: pip install 'lambdahat[server]'"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from client import AsyncClient, Batch, Client, Conflict, NotFound, ValidationFailed
+from lambdahat import AsyncClient, Batch, Client, Conflict, NotFound, ValidationFailed
 from tests.client.helpers import FAST_CONFIG, MLP_ARCHITECTURE, SLOW_CONFIG, classification_data, mlp
 from tests.client.test_cli import fails_with, ok, run_cli
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from client import (
+from lambdahat import (
     AsyncClient,
     Checkpoint,
     Client,

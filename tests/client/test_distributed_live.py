@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from client import Client
+from lambdahat import Client
 from tests.client.conftest import lambdahat_command, process_env, start_process, start_server, stop_process
 from tests.client.helpers import FAST_CONFIG, classification_data, mlp
 

@@ -13,11 +13,11 @@ from safetensors.numpy import load as load_numpy
 from safetensors.torch import load as load_torch
 from torch import nn
 
-from client import NotFound, ServerError, Unauthorized, ValidationFailed
-from client._http import check_response, data_dir, resolve_api_key, resolve_url
-from client._ops import object_id, parse_traces
-from client.models import Job, warning_text
-from client.serialize import (
+from lambdahat import NotFound, ServerError, Unauthorized, ValidationFailed
+from lambdahat._http import check_response, data_dir, resolve_api_key, resolve_url
+from lambdahat._ops import object_id, parse_traces
+from lambdahat.models import Job, warning_text
+from lambdahat.serialize import (
     dataset_to_safetensors,
     infer_architecture,
     state_dict_to_safetensors,

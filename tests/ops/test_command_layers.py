@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_PACKAGES = ("api", "backend", "worker", "ops", "fastapi", "sqlalchemy", "celery", "uvicorn", "psycopg", "alembic")
+SERVER_PACKAGES = ("api", "backend", "worker", "ops", "client", "fastapi", "sqlalchemy", "celery", "uvicorn", "psycopg", "alembic")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -21,8 +21,8 @@ def test_the_sdk_and_its_commands_import_no_server_code():
     result = _python(
         f"""
         import sys
-        import client, client.cli, client.cluster_status, client.serialize
-        from client import Client, AsyncClient
+        import lambdahat, lambdahat.cli, lambdahat.cluster_status, lambdahat.serialize
+        from lambdahat import Client, AsyncClient
         loaded = sorted(name for name in sys.modules if name.split(".")[0] in {SERVER_PACKAGES!r})
         print(loaded)
         """
@@ -34,8 +34,8 @@ def test_the_sdk_and_its_commands_import_no_server_code():
 def test_reading_the_database_needs_the_operator_command_line():
     result = _python(
         """
-        from client.cluster_status import cluster_status
-        from client.errors import ServerError
+        from lambdahat.cluster_status import cluster_status
+        from lambdahat.errors import ServerError
         try:
             cluster_status(None, None, from_database=True)
         except ServerError as exc:

@@ -113,14 +113,14 @@ def test_lambdahat_status_subprocess_against_an_embedded_server(service_settings
 
 
 def test_without_a_server_address_status_falls_back_to_the_database(service_settings, monkeypatch) -> None:  # noqa: ANN001, F811
-    import client._http
+    import lambdahat._http
     from backend.settings import get_settings
-    from client.cluster_status import cluster_status
-    from client.errors import ConnectionFailed
+    from lambdahat.cluster_status import cluster_status
+    from lambdahat.errors import ConnectionFailed
     from tests.helpers import free_port
 
     running = add_running_job(service_settings, "ops", "gpu0", 0.5)
-    monkeypatch.setattr(client._http, "DEFAULT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(lambdahat._http, "DEFAULT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.delenv("LAMBDAHAT_URL", raising=False)
     monkeypatch.setenv("LAMBDAHAT_DATABASE_URL", service_settings.database_url)
     monkeypatch.setenv("LAMBDAHAT_DATA_DIR", str(service_settings.data_dir))
@@ -129,7 +129,7 @@ def test_without_a_server_address_status_falls_back_to_the_database(service_sett
         summary = cluster_status(None, "lh_unused")
         assert summary["source"] == "database" and [r["id"] for r in summary["running"]] == [running]
         with pytest.raises(ConnectionFailed):  # an address that was asked for is never silently replaced
-            cluster_status(client._http.DEFAULT_URL, "lh_unused")
+            cluster_status(lambdahat._http.DEFAULT_URL, "lh_unused")
     finally:
         get_settings.cache_clear()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from client._http import Call, json_body
+from lambdahat._http import Call, json_body
 
 
 def _op_cluster_status(ping: bool) -> Any:
@@ -30,8 +30,8 @@ def cluster_status(url: str | None, api_key: str | None, *, ping: bool = False,
     LAMBDAHAT_URL) and nothing answers at the default address."""
     import os
 
-    from client import Client
-    from client.errors import ConnectionFailed
+    from lambdahat import Client
+    from lambdahat.errors import ConnectionFailed
 
     if from_database:
         return _from_database(ping)
@@ -41,7 +41,7 @@ def cluster_status(url: str | None, api_key: str | None, *, ping: bool = False,
     except ConnectionFailed as exc:
         if url or os.environ.get("LAMBDAHAT_URL"):
             raise
-        from client._output import stderr
+        from lambdahat._output import stderr
 
         stderr.print(f"note: {exc}; reading the database of this machine's settings instead", highlight=False)
         return _from_database(ping)
@@ -53,7 +53,7 @@ read_database: Callable[[bool], dict[str, Any]] | None = None
 
 
 def _from_database(ping: bool) -> dict[str, Any]:
-    from client.errors import ServerError
+    from lambdahat.errors import ServerError
 
     if read_database is None:
         raise ServerError("reading the database needs the operator's command line (`lambdahat status`, "
@@ -66,7 +66,7 @@ def _from_database(ping: bool) -> dict[str, Any]:
 
 
 def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
-    from client._output import print_csv, print_json, print_key_values, print_table, stdout
+    from lambdahat._output import print_csv, print_json, print_key_values, print_table, stdout
 
     if output_format == "json":
         print_json(status)

@@ -1,6 +1,6 @@
 """``Client`` and ``AsyncClient``: the Python interface to a lambdahat server.
 
-Both share every method below (``_ClientBase``). Each method builds an operation (``client._ops``)
+Both share every method below (``_ClientBase``). Each method builds an operation (``lambdahat._ops``)
 and hands it to ``_drive``: ``Client._drive`` runs it to completion with blocking I/O and returns
 the result; ``AsyncClient._drive`` returns a coroutine, so every ``AsyncClient`` method is awaited::
 
@@ -18,11 +18,19 @@ from typing import Any
 
 import httpx
 
-from client import _ops
-from client._http import Call, Operation, Sleep, build_request, check_response, resolve_api_key, resolve_url
-from client._http import transport_error as _transport_error
-from client.errors import LambdahatError
-from client.models import Batch, Checkpoint, Dataset, Job
+from lambdahat import _ops
+from lambdahat._http import (
+    Call,
+    Operation,
+    Sleep,
+    build_request,
+    check_response,
+    resolve_api_key,
+    resolve_url,
+)
+from lambdahat._http import transport_error as _transport_error
+from lambdahat.errors import LambdahatError
+from lambdahat.models import Batch, Checkpoint, Dataset, Job
 
 ProgressArg = bool | Callable[[Job | Batch], None]
 

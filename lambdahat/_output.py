@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.models import Batch, Checkpoint, Dataset, Job, warning_text
+from lambdahat.models import Batch, Checkpoint, Dataset, Job, warning_text
 
 
 def _console(stream: Any) -> Console:

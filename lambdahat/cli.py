@@ -68,7 +68,7 @@ class ListFormat(enum.StrEnum):
 
 
 def _exit_code_for(error: Exception) -> int:
-    from client import errors
+    from lambdahat import errors
 
     if isinstance(error, errors.WaitTimeout):
         return EXIT_TIMEOUT
@@ -90,7 +90,7 @@ def _user_command(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from client.errors import LambdahatError
+        from lambdahat.errors import LambdahatError
 
         if os.environ.get("LAMBDAHAT_DEBUG"):
             return func(*args, **kwargs)
@@ -110,13 +110,13 @@ def _user_command(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _error(message: str) -> None:
-    from client._output import stderr
+    from lambdahat._output import stderr
 
     stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
 
 
 def _connect(url: str | None, api_key: str | None) -> Any:
-    from client import Client
+    from lambdahat import Client
 
     return Client(url=url, api_key=api_key)
 
@@ -154,7 +154,7 @@ def _config(config: str | None, settings: list[str] | None) -> dict[str, Any]:
 
 
 def _wait_and_report(cl: Any, target: Any, timeout: float | None, poll: float, quiet: bool) -> Any:
-    from client._output import LiveProgress
+    from lambdahat._output import LiveProgress
 
     with LiveProgress(enabled=not quiet) as live:
         return cl.wait(target, progress=live, timeout=timeout, poll=poll)
@@ -165,13 +165,13 @@ def _finished_code(obj: Any) -> int:
 
 
 def _print_state(obj: Any, output_format: OutputFormat) -> None:
-    from client import Batch
-    from client._output import batch_pairs, job_pairs, print_json, print_key_values
+    from lambdahat import Batch
+    from lambdahat._output import batch_pairs, job_pairs, print_json, print_key_values
 
     if output_format is OutputFormat.json:
         print_json(obj)
     elif output_format is OutputFormat.csv:
-        from client._output import JOB_COLUMNS, flat, print_csv
+        from lambdahat._output import JOB_COLUMNS, flat, print_csv
 
         print_csv(list(flat(obj)) if isinstance(obj, Batch) else JOB_COLUMNS, [flat(obj)])
     else:
@@ -197,8 +197,8 @@ def upload(
 ) -> None:
     """Upload checkpoints. Example: lambdahat upload run/step_*.safetensors --architecture arch.json
     --collection run-a --step-from-filename"""
-    from client._output import CHECKPOINT_COLUMNS, print_objects
-    from client.serialize import step_from_filename as parse_step
+    from lambdahat._output import CHECKPOINT_COLUMNS, print_objects
+    from lambdahat.serialize import step_from_filename as parse_step
 
     if step is not None and step_from_filename:
         raise typer.BadParameter("give --step or --step-from-filename, not both")
@@ -231,7 +231,7 @@ def upload_dataset(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Upload a dataset (arrays x and y with equal first dimension)."""
-    from client._output import DATASET_COLUMNS, print_objects
+    from lambdahat._output import DATASET_COLUMNS, print_objects
 
     with _connect(url, api_key) as cl:
         dataset = cl.upload_dataset(path, name=name)
@@ -246,7 +246,7 @@ def list_datasets(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List your datasets."""
-    from client._output import DATASET_COLUMNS, print_objects
+    from lambdahat._output import DATASET_COLUMNS, print_objects
 
     with _connect(url, api_key) as cl:
         print_objects(cl.datasets(), DATASET_COLUMNS, output_format.value, title="datasets")
@@ -261,7 +261,7 @@ def list_checkpoints(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List your checkpoints."""
-    from client._output import CHECKPOINT_COLUMNS, print_objects
+    from lambdahat._output import CHECKPOINT_COLUMNS, print_objects
 
     with _connect(url, api_key) as cl:
         print_objects(cl.checkpoints(collection=collection), CHECKPOINT_COLUMNS, output_format.value, title="checkpoints")
@@ -277,7 +277,7 @@ def list_jobs(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List your jobs, newest first."""
-    from client._output import JOB_COLUMNS, print_objects
+    from lambdahat._output import JOB_COLUMNS, print_objects
 
     with _connect(url, api_key) as cl:
         print_objects(cl.jobs(status=status, limit=limit), JOB_COLUMNS, output_format.value, title="jobs")
@@ -299,7 +299,7 @@ def submit(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Queue an LLC job. Example: lambdahat submit CK --dataset DS --loss cross_entropy --set num_chains=4"""
-    from client._output import JOB_COLUMNS, print_objects
+    from lambdahat._output import JOB_COLUMNS, print_objects
 
     job_config = _config(config, set_)
     with _connect(url, api_key) as cl:
@@ -360,7 +360,7 @@ def status(
     alive, queue depth, jobs by status, running jobs) as the API reports it. Exit code 0 whatever the
     jobs' states."""
     if ident is None:
-        from client.cluster_status import cluster_status, print_cluster_status
+        from lambdahat.cluster_status import cluster_status, print_cluster_status
 
         print_cluster_status(cluster_status(url, api_key, ping=ping, from_database=from_database),
                              output_format.value)
@@ -412,8 +412,8 @@ def results(
     api_key: ApiKeyOption = None,
 ) -> None:
     """λ̂ per checkpoint, ordered by training step."""
-    from client import Batch
-    from client._output import RESULT_COLUMNS, print_csv, print_json, print_table
+    from lambdahat import Batch
+    from lambdahat._output import RESULT_COLUMNS, print_csv, print_json, print_table
 
     with _connect(url, api_key) as cl:
         target = cl.get(ident)
@@ -435,8 +435,8 @@ def results(
 
 
 def _plot_for(cl: Any, target: Any, rows: list[dict[str, Any]]) -> bytes:
-    from client import Batch
     from estimator.plots import plot_job_traces, plot_llc_over_training, series_from_rows
+    from lambdahat import Batch
 
     if isinstance(target, Batch):
         return plot_llc_over_training({target.collection or f"batch {target.id[:8]}": series_from_rows(rows)})
@@ -457,7 +457,7 @@ def _job_plot(cl: Any, job: Any, plot_job_traces: Callable[..., bytes]) -> bytes
 
 
 def _write_png(path: Path, png: bytes) -> None:
-    from client._output import stderr
+    from lambdahat._output import stderr
 
     path.write_bytes(png)
     stderr.print(f"wrote {path} ({len(png)} bytes)", highlight=False)
@@ -477,8 +477,8 @@ def traces(
     """A job's per-chain loss and running λ̂ traces."""
     import numpy as np
 
-    from client._output import print_csv, print_json, print_table, stdout
     from estimator.plots import plot_job_traces
+    from lambdahat._output import print_csv, print_json, print_table, stdout
 
     with _connect(url, api_key) as cl:
         job = cl.job(job_id)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client.errors import ConnectionFailed, LambdahatError, ServerError, error_class_for, format_detail
+from lambdahat.errors import ConnectionFailed, LambdahatError, ServerError, error_class_for, format_detail
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_FILE_NAME = "api_key"

@@ -1,4 +1,4 @@
-"""The client's operations, each written once as a generator (see ``client._http``).
+"""The client's operations, each written once as a generator (see ``lambdahat._http``).
 
 Naming: ``op_<method>`` implements the public method ``<method>`` of ``Client`` / ``AsyncClient``.
 """
@@ -17,16 +17,16 @@ from typing import Any
 import httpx
 import numpy as np
 
-from client import serialize
-from client._http import Call, Operation, Sleep, json_body
-from client.errors import (
+from lambdahat import serialize
+from lambdahat._http import Call, Operation, Sleep, json_body
+from lambdahat.errors import (
     ConnectionFailed,
     JobFailed,
     NotFound,
     ServerError,
     WaitTimeout,
 )
-from client.models import Batch, Checkpoint, Dataset, Job
+from lambdahat.models import Batch, Checkpoint, Dataset, Job
 
 SAFETENSORS = "application/octet-stream"
 # Polling a long job must survive a server restart or a network blip: this many consecutive
