@@ -1,4 +1,5 @@
-"""FastAPI dependencies, as ``Annotated`` aliases: ``SessionDep``, ``CurrentKey``, ``SettingsDep``."""
+"""FastAPI dependencies, as ``Annotated`` aliases: ``SessionDep``, ``SessionFactoryDep``, ``SettingsDep``,
+``CurrentPrincipal``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth.keys import authenticate
 from backend.settings import Settings
@@ -33,6 +34,14 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """For work that opens its own short sessions (storing an upload, releasing a file after a delete)."""
+    return request.app.state.session_factory
+
+
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
 @dataclass(frozen=True)

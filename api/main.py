@@ -6,15 +6,12 @@ a subprocess), and jobs run in worker processes.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from fastapi import FastAPI
 
-from api import health
+from api import errors, health
 from api.batches.endpoints import router as batches_router
 from api.batches.plots import router as plots_router
 from api.checkpoints.endpoints import router as checkpoints_router
@@ -73,15 +70,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
     )
     app.state.settings = settings
 
-    @app.exception_handler(OperationalError)
-    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
-        # The database is down or the connection dropped mid-request (the transaction was rolled back):
-        # a retryable 503 with a message, not a 500 traceback.
-        logging.getLogger("lambdahat.api").warning("%s %s: database unavailable: %s", request.method,
-                                                   request.url.path, str(exc).splitlines()[0])
-        return JSONResponse({"detail": "the database is unavailable; retry shortly"}, status_code=503,
-                            headers={"Retry-After": "5"})
-
+    errors.install(app)  # domain errors and database outages as JSON answers
     app.state.session_factory = session_factory(settings)
     app.include_router(health.router)
     app.include_router(datasets_router)

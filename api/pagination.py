@@ -11,9 +11,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from fastapi import HTTPException, status
 from sqlalchemy import Select, and_, or_
 
+from api.errors import Unprocessable
 from api.types import is_valid_id
 
 DEFAULT_LIMIT = 100
@@ -33,9 +33,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError("bad id")
         return datetime.fromisoformat(created_at), row_id
     except (ValueError, TypeError) as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail="invalid cursor: pass the next_cursor value of a previous page unchanged",
+        raise Unprocessable("invalid cursor: pass the next_cursor value of a previous page unchanged",
         ) from exc
 
 

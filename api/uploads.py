@@ -13,16 +13,29 @@ duration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal, get_principal
+from api.errors import (
+    Conflict,
+    InsufficientStorage,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from api.repository import ArtifactRepository
+from backend.settings import Settings
 from backend.storage import ArtifactStore, StagedFile, UploadTooLarge
+
+T = TypeVar("T")
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
@@ -68,15 +81,22 @@ def multipart_openapi(fields: dict[str, dict[str, Any]], required: list[str]) ->
     }
 
 
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(
-        status.HTTP_413_CONTENT_TOO_LARGE,
-        detail=f"upload too large: the limit is {limit} bytes (LAMBDAHAT_MAX_UPLOAD_BYTES)",
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"upload too large: the limit is {limit} bytes (LAMBDAHAT_MAX_UPLOAD_BYTES)",
     )
 
 
-def unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
+
+async def receive_and_create(request: Request, settings: Settings, text_fields: set[str],
+                             create: Callable[[ArtifactStore, UploadForm], T]) -> T:
+    """Receive an upload, then run ``create(store, form)`` (the service: validate, store, insert a
+    row) in the threadpool. The staged file is discarded whatever happens (a no-op once placed)."""
+    store = ArtifactStore(settings)
+    form = await receive_upload(request, store, max_bytes=settings.max_upload_bytes, text_fields=text_fields)
+    try:
+        return await run_in_threadpool(create, store, form)
+    finally:
+        form.discard()
 
 
 async def receive_upload(
@@ -89,15 +109,13 @@ async def receive_upload(
 ) -> UploadForm:
     """Read a multipart body: the ``file_field`` part to a staging file, the ``text_fields`` as strings.
 
-    Raises HTTPException: 415 not multipart, 413 over ``max_bytes``, 422 malformed body, a missing
+    Raises ServiceError: 415 not multipart, 413 over ``max_bytes``, 422 malformed body, a missing
     file, or an unexpected/duplicate/oversized field. On any error nothing is left on disk.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            detail=f"send multipart/form-data with the upload in a '{file_field}' field "
+        raise UnsupportedMediaType(f"send multipart/form-data with the upload in a '{file_field}' field "
             f"(e.g. curl -F {file_field}=@model.safetensors)",
         )
     declared = request.headers.get("content-length")
@@ -114,13 +132,13 @@ async def receive_upload(
                 parser.raise_pending()
             multipart.finalize()
         except MultipartParseError as exc:
-            raise unprocessable(f"malformed multipart body: {exc}") from None
+            raise Unprocessable(f"malformed multipart body: {exc}") from None
         except UploadTooLarge:
             raise _too_large(max_bytes) from None
         if not parser.ended:
-            raise unprocessable("the multipart body ended before its closing boundary (interrupted upload?)")
+            raise Unprocessable("the multipart body ended before its closing boundary (interrupted upload?)")
         if form.file is None:
-            raise unprocessable(f"form field '{file_field}' (the file to upload) is missing")
+            raise Unprocessable(f"form field '{file_field}' (the file to upload) is missing")
         form.file.finish()
         return form
     except BaseException:  # includes ClientDisconnect and cancellation
@@ -171,7 +189,7 @@ class _FormReceiver:
     def on_part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:
-            self._fail(unprocessable(f"too many form fields (more than {MAX_PARTS})"))
+            self._fail(Unprocessable(f"too many form fields (more than {MAX_PARTS})"))
         self._headers = {}
         self._target = None
         self._text = bytearray()
@@ -195,17 +213,17 @@ class _FormReceiver:
         accepted = sorted({self.file_field, *self.text_fields})
         if name == self.file_field:
             if self.form.file is not None:
-                self._fail(unprocessable(f"form field '{name}' was sent twice; upload one file per request"))
+                self._fail(Unprocessable(f"form field '{name}' was sent twice; upload one file per request"))
                 return
             filename = options.get(b"filename")
             self.form.filename = filename.decode("utf-8", "replace").replace("\x00", "") if filename else None
             self.form.file = self.store.stage(self.max_bytes)
         elif name in self.text_fields:
             if name in self.form.fields:
-                self._fail(unprocessable(f"form field '{name}' was sent twice"))
+                self._fail(Unprocessable(f"form field '{name}' was sent twice"))
                 return
         else:
-            self._fail(unprocessable(f"unexpected form field '{name}'; this endpoint accepts: {', '.join(accepted)}"))
+            self._fail(Unprocessable(f"unexpected form field '{name}'; this endpoint accepts: {', '.join(accepted)}"))
             return
         self._target = name
 
@@ -219,11 +237,11 @@ class _FormReceiver:
             except UploadTooLarge as exc:
                 self._fail(exc)
             except OSError as exc:
-                self._fail(HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, detail=f"could not store the upload: {exc}"))
+                self._fail(InsufficientStorage(f"could not store the upload: {exc}"))
             return
         self._text += data[start:end]
         if len(self._text) > MAX_TEXT_FIELD_BYTES:
-            self._fail(unprocessable(f"form field '{self._target}' is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
+            self._fail(Unprocessable(f"form field '{self._target}' is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
 
     def on_part_end(self) -> None:
         if self._error is not None or self._target is None or self._target == self.file_field:
@@ -231,10 +249,10 @@ class _FormReceiver:
         try:
             value = self._text.decode("utf-8")
         except UnicodeDecodeError:
-            self._fail(unprocessable(f"form field '{self._target}' is not valid UTF-8"))
+            self._fail(Unprocessable(f"form field '{self._target}' is not valid UTF-8"))
             return
         if "\x00" in value:  # PostgreSQL text cannot hold NUL
-            self._fail(unprocessable(f"form field '{self._target}' contains a NUL character"))
+            self._fail(Unprocessable(f"form field '{self._target}' contains a NUL character"))
             return
         self.form.fields[self._target] = value
 
@@ -266,29 +284,27 @@ def store_upload(store: ArtifactStore, session_factory: Any, staged: StagedFile,
     return row
 
 
-def delete_upload(session: Any, store: ArtifactStore, session_factory: Any, principal: Principal, row: Any,
-                  repository: Any, what: str) -> None:  # fmt: skip
+def delete_upload(session: Any, store: ArtifactStore, session_factory: Any, repository: ArtifactRepository, row: Any,
+                  what: str) -> None:
     """Delete an uploaded checkpoint or dataset row that no job uses, then its file unless another
-    row shares it. ``repository`` is the domain's module (``count_jobs_using``, ``delete``,
-    ``storage_key_in_use``); ``what`` names the row in errors ("checkpoint ck_...")."""
-    jobs = repository.count_jobs_using(session, principal.owner, row.id)
+    row shares it. ``repository`` is the caller's repository of that table; ``what`` names the row
+    in errors ("checkpoint ck_...")."""
+    jobs = repository.count_jobs_using(row.id)
     if jobs:
         raise _in_use(what, jobs)
     storage_key = row.storage_key
-    repository.delete(session, row)
+    repository.delete(row)
     try:
         session.commit()
     except IntegrityError:  # a job referencing it was committed in between
         session.rollback()
         raise _in_use(what, None) from None
-    release_artifact(store, session_factory, storage_key, repository.storage_key_in_use)
+    release_artifact(store, session_factory, storage_key, type(repository).storage_key_in_use)
 
 
-def _in_use(what: str, jobs: int | None) -> HTTPException:
+def _in_use(what: str, jobs: int | None) -> Conflict:
     count = f"{jobs} job(s)" if jobs else "jobs"
-    return HTTPException(
-        status.HTTP_409_CONFLICT,
-        detail=f"{what} is used by {count}; it is kept so that their results stay reproducible",
+    return Conflict(f"{what} is used by {count}; it is kept so that their results stay reproducible",
     )
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from sqlalchemy import select
+from fastapi import APIRouter, Path, Query, Response
 
 from api.batches.endpoints import BatchServiceDep
+from api.errors import NotFound, Unprocessable
 from api.jobs.endpoints import JobServiceDep
 from backend.models import Batch
 
@@ -67,18 +67,14 @@ def compare_plot(
 
     batch_ids, collections = list(batch_id or []), list(collection or [])
     if not batch_ids and not collections:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="give at least one ?batch_id= or ?collection= to plot")
+        raise Unprocessable("give at least one ?batch_id= or ?collection= to plot")
     if len(batch_ids) + len(collections) > MAX_SERIES:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"at most {MAX_SERIES} series per plot")
+        raise Unprocessable(f"at most {MAX_SERIES} series per plot")
     batches = [service.get(b) for b in batch_ids]
     for name in collections:
-        newest = service.session.scalar(
-            select(Batch).where(Batch.owner == service.principal.owner, Batch.collection == name)
-            .order_by(Batch.created_at.desc(), Batch.id.desc()).limit(1))
+        newest = service.repo.latest_of_collection(name)
         if newest is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no batch of collection '{name}' found")
+            raise NotFound(f"no batch of collection '{name}' found")
         batches.append(newest)
     series: dict[str, list] = {}
     for batch in batches:

@@ -5,28 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session
 
-from api.pagination import paginate
+from api.repository import OwnedRepository
 from backend.models import Batch, Checkpoint, Job, JobStatus, utcnow
 
 FINISHED = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
 
 
-class BatchRepository:
-    def __init__(self, session: Session, owner: str) -> None:
-        self.session = session
-        self.owner = owner
-
-    def get(self, batch_id: str) -> Batch | None:
-        return self.session.scalar(select(Batch).where(Batch.id == batch_id, Batch.owner == self.owner))
+class BatchRepository(OwnedRepository[Batch]):
+    model = Batch
 
     def get_by_idempotency_key(self, key: str) -> Batch | None:
-        return self.session.scalar(select(Batch).where(Batch.owner == self.owner, Batch.idempotency_key == key))
+        return self.first(Batch.idempotency_key == key)
+
+    def latest_of_collection(self, collection: str) -> Batch | None:
+        return self.session.scalar(
+            self.owned().where(Batch.collection == collection).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(1)
+        )
 
     def checkpoints_of_collection(self, collection: str) -> list[Checkpoint]:
         return list(self.session.scalars(
-            select(Checkpoint).where(Checkpoint.owner == self.owner, Checkpoint.collection == collection)
+            self.owned(Checkpoint).where(Checkpoint.collection == collection)
             .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)))
 
     def checkpoints_by_id(self, ids: list[str]) -> dict[str, Checkpoint]:
@@ -34,14 +33,11 @@ class BatchRepository:
         for start in range(0, len(ids), 500):  # keep IN lists bounded
             chunk = ids[start:start + 500]
             found.update((c.id, c) for c in self.session.scalars(
-                select(Checkpoint).where(Checkpoint.owner == self.owner, Checkpoint.id.in_(chunk))))
+                self.owned(Checkpoint).where(Checkpoint.id.in_(chunk))))
         return found
 
     def list(self, *, limit: int, collection: str | None, cursor: str | None) -> list[Batch]:
-        query = select(Batch).where(Batch.owner == self.owner)
-        if collection is not None:
-            query = query.where(Batch.collection == collection)
-        return list(self.session.scalars(paginate(query, Batch, limit, cursor)))
+        return self.page(limit, cursor, *([] if collection is None else [Batch.collection == collection]))
 
     def summaries(self, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Per batch: job counts by status, the sum of progress (finished = 1), reused jobs, last finish."""
@@ -53,7 +49,7 @@ class BatchRepository:
         rows = self.session.execute(
             select(Job.batch_id, Job.status, func.count(), func.sum(progress), func.count(Job.reused_from),
                    func.max(Job.finished_at))
-            .where(Job.owner == self.owner, Job.batch_id.in_(batch_ids))
+            .where(self.mine(Job), Job.batch_id.in_(batch_ids))
             .group_by(Job.batch_id, Job.status))
         for batch_id, status, count, progress_sum, reused, last_finished in rows:
             summary = out[batch_id]
@@ -69,16 +65,16 @@ class BatchRepository:
         """One (job, checkpoint) per checkpoint, ordered by step (unknown steps last), then name."""
         return list(self.session.execute(
             select(Job, Checkpoint).join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
-            .where(Job.owner == self.owner, Job.batch_id == batch_id)
+            .where(self.mine(Job), Job.batch_id == batch_id)
             .order_by(Checkpoint.step.is_(None), Checkpoint.step, Checkpoint.name, Checkpoint.id)).all())
 
     def job_ids(self, batch_id: str) -> list[str]:
-        return list(self.session.scalars(select(Job.id).where(Job.owner == self.owner, Job.batch_id == batch_id)))
+        return list(self.session.scalars(select(Job.id).where(self.mine(Job), Job.batch_id == batch_id)))
 
     def cancel_queued(self, batch_id: str) -> int:
         result = self.session.execute(
             update(Job).execution_options(synchronize_session=False)
-            .where(Job.owner == self.owner, Job.batch_id == batch_id, Job.status == JobStatus.queued.value)
+            .where(self.mine(Job), Job.batch_id == batch_id, Job.status == JobStatus.queued.value)
             .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=utcnow(),
                     error="cancelled before it started (its batch was cancelled)"))
         return result.rowcount
@@ -86,6 +82,6 @@ class BatchRepository:
     def request_cancel_running(self, batch_id: str) -> int:
         result = self.session.execute(
             update(Job).execution_options(synchronize_session=False)
-            .where(Job.owner == self.owner, Job.batch_id == batch_id, Job.status == JobStatus.running.value)
+            .where(self.mine(Job), Job.batch_id == batch_id, Job.status == JobStatus.running.value)
             .values(cancel_requested=True))
         return result.rowcount

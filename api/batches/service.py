@@ -9,13 +9,13 @@ import csv
 import io
 import json
 
-from fastapi import HTTPException, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.batches.repository import BatchRepository
 from api.batches.schemas import RESULT_COLUMNS, BatchCreate, BatchPublic, BatchResultRow, to_public
 from api.deps import Principal
+from api.errors import Conflict, NotFound, Unprocessable
 from api.jobs.service import JobService, not_found
 from api.pagination import page
 from api.types import is_valid_id
@@ -75,8 +75,7 @@ class BatchService:
         if body.collection is not None:
             checkpoints = self.repo.checkpoints_of_collection(body.collection)
             if not checkpoints:
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                    detail=f"collection '{body.collection}' has no checkpoints; upload some with "
+                raise Unprocessable(f"collection '{body.collection}' has no checkpoints; upload some with "
                                            f"collection='{body.collection}' first")
             return checkpoints
         ids = body.checkpoint_ids or []
@@ -84,7 +83,7 @@ class BatchService:
         missing = [i for i in ids if i not in found]
         if missing:
             shown = ", ".join(f"'{i}'" for i in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"checkpoint(s) {shown} not found")
+            raise NotFound(f"checkpoint(s) {shown} not found")
         return [found[i] for i in ids]
 
     def _replay(self, existing: Batch, body: BatchCreate, config: dict, key: str) -> Batch:
@@ -94,9 +93,7 @@ class BatchService:
         if same and body.checkpoint_ids is not None:
             same = sorted(self.repo_job_checkpoints(existing.id)) == sorted(body.checkpoint_ids)
         if not same:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                detail=f"Idempotency-Key '{key}' was already used for a different request (batch {existing.id}); "
+            raise Conflict(f"Idempotency-Key '{key}' was already used for a different request (batch {existing.id}); "
                        "use a new key for a new batch")
         return existing
 
@@ -140,8 +137,7 @@ class BatchService:
         stopping = self.repo.request_cancel_running(batch_id)
         if not cancelled and not stopping:
             self.session.rollback()
-            raise HTTPException(status.HTTP_409_CONFLICT,
-                                detail=f"batch '{batch_id}' has already finished; there is nothing to cancel")
+            raise Conflict(f"batch '{batch_id}' has already finished; there is nothing to cancel")
         self.session.commit()
         return batch
 

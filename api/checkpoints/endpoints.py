@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from api.checkpoints import service
 from api.checkpoints.schemas import CheckpointList, CheckpointPublic
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from api.deps import CurrentPrincipal, SessionDep, SessionFactoryDep, SettingsDep
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from api.uploads import UploadPrincipal, multipart_openapi
+from api.uploads import UploadPrincipal, multipart_openapi, receive_and_create
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -47,9 +47,13 @@ _UPLOAD_FORM = multipart_openapi(
         422: {"description": "Invalid file, architecture, or weights that do not fit it (the message says which)"},
     },
 )
-async def upload_checkpoint(request: Request, principal: UploadPrincipal, settings: SettingsDep) -> CheckpointPublic:
+async def upload_checkpoint(request: Request, principal: UploadPrincipal, settings: SettingsDep,
+                            session_factory: SessionFactoryDep) -> CheckpointPublic:
     """Upload a checkpoint (multipart `file`, `architecture`, optional `collection`, `step`, `name`)."""
-    row = await service.upload_checkpoint(request, principal, settings)
+    row = await receive_and_create(
+        request, settings, service.TEXT_FIELDS,
+        lambda store, form: service.create_checkpoint(session_factory, principal, store, form),
+    )
     return CheckpointPublic.model_validate(row)
 
 
@@ -77,8 +81,9 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, principal: CurrentPr
     responses={404: {"description": "No such checkpoint"}, 409: {"description": "Jobs use this checkpoint"}},
 )
 def delete_checkpoint(
-    checkpoint_id: str, request: Request, session: SessionDep, principal: CurrentPrincipal, settings: SettingsDep
+    checkpoint_id: str, session: SessionDep, session_factory: SessionFactoryDep, principal: CurrentPrincipal,
+    settings: SettingsDep,
 ) -> Response:
     """Delete a checkpoint and (unless identical content is stored for another row) its file. 409 if jobs use it."""
-    service.delete_checkpoint(session, request, principal, settings, checkpoint_id)
+    service.delete_checkpoint(session, session_factory, principal, settings, checkpoint_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from api.datasets import service
 from api.datasets.schemas import DatasetList, DatasetPublic
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from api.deps import CurrentPrincipal, SessionDep, SessionFactoryDep, SettingsDep
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from api.uploads import UploadPrincipal, multipart_openapi
+from api.uploads import UploadPrincipal, multipart_openapi, receive_and_create
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -38,9 +38,13 @@ _UPLOAD_FORM = multipart_openapi(
         422: {"description": "Not a valid dataset (the message says why)"},
     },
 )
-async def upload_dataset(request: Request, principal: UploadPrincipal, settings: SettingsDep) -> DatasetPublic:
+async def upload_dataset(request: Request, principal: UploadPrincipal, settings: SettingsDep,
+                         session_factory: SessionFactoryDep) -> DatasetPublic:
     """Upload a dataset (multipart field `file`, optional `name`). The format is detected from the content."""
-    row = await service.upload_dataset(request, principal, settings)
+    row = await receive_and_create(
+        request, settings, service.TEXT_FIELDS,
+        lambda store, form: service.create_dataset(session_factory, principal, store, form),
+    )
     return DatasetPublic.model_validate(row)
 
 
@@ -67,8 +71,9 @@ def get_dataset(dataset_id: str, session: SessionDep, principal: CurrentPrincipa
     responses={404: {"description": "No such dataset"}, 409: {"description": "Jobs use this dataset"}},
 )
 def delete_dataset(
-    dataset_id: str, request: Request, session: SessionDep, principal: CurrentPrincipal, settings: SettingsDep
+    dataset_id: str, session: SessionDep, session_factory: SessionFactoryDep, principal: CurrentPrincipal,
+    settings: SettingsDep,
 ) -> Response:
     """Delete a dataset and (unless identical content is stored for another row) its file. 409 if jobs use it."""
-    service.delete_dataset(session, request, principal, settings, dataset_id)
+    service.delete_dataset(session, session_factory, principal, settings, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import HTTPException, Request, status
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.datasets import repository
+from api.datasets.repository import DatasetRepository
 from api.deps import Principal
+from api.errors import NotFound, Unprocessable
 from api.pagination import page
 from api.types import is_valid_id
-from api.uploads import UploadForm, delete_upload, receive_upload, store_upload, unprocessable
+from api.uploads import UploadForm, delete_upload, store_upload
 from backend.formats import (
     NUMERIC_DTYPES,
     FormatError,
@@ -76,22 +75,15 @@ def inspect_dataset(path: Path) -> DatasetContent:
     return DatasetContent(fmt, x.shape[0], x, y)
 
 
-async def upload_dataset(request: Request, principal: Principal, settings: Settings) -> Dataset:
-    store = ArtifactStore(settings)
-    form = await receive_upload(request, store, max_bytes=settings.max_upload_bytes, text_fields=TEXT_FIELDS)
-    try:
-        return await run_in_threadpool(_validate_and_store, request.app.state.session_factory, store, form, principal)
-    finally:
-        form.discard()  # a no-op once the file has been placed
-
-
-def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm, principal: Principal) -> Dataset:  # noqa: ANN001
+def create_dataset(session_factory: sessionmaker[Session], principal: Principal, store: ArtifactStore,
+                   form: UploadForm) -> Dataset:
+    """Validate an uploaded dataset, store its file under its sha256 and insert its row."""
     assert form.file is not None and form.file.sha256 is not None
     name = _name(form)
     try:
         content = inspect_dataset(form.file.path)
     except FormatError as exc:
-        raise unprocessable(f"invalid dataset: {exc}") from None
+        raise Unprocessable(f"invalid dataset: {exc}") from None
     row = Dataset(
         owner=principal.owner,
         name=name,
@@ -110,22 +102,23 @@ def _validate_and_store(session_factory, store: ArtifactStore, form: UploadForm,
 def _name(form: UploadForm) -> str | None:
     name = form.fields.get("name")
     if name is not None and len(name) > 300:
-        raise unprocessable("'name' must be at most 300 characters")
+        raise Unprocessable("'name' must be at most 300 characters")
     return name or (form.filename[:300] if form.filename else None)
 
 
 def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
-    row = repository.get(session, principal.owner, dataset_id) if is_valid_id(dataset_id) else None
+    row = DatasetRepository(session, principal.owner).get(dataset_id) if is_valid_id(dataset_id) else None
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"dataset {dataset_id} not found")
+        raise NotFound(f"dataset {dataset_id} not found")
     return row
 
 
 def list_datasets(session: Session, principal: Principal, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
-    return page(repository.list_page(session, principal.owner, limit, cursor), limit)
+    return page(DatasetRepository(session, principal.owner).page(limit, cursor), limit)
 
 
-def delete_dataset(session: Session, request: Request, principal: Principal, settings: Settings, dataset_id: str) -> None:
+def delete_dataset(session: Session, session_factory: sessionmaker[Session], principal: Principal, settings: Settings,
+                   dataset_id: str) -> None:
     row = get_dataset(session, principal, dataset_id)
-    delete_upload(session, ArtifactStore(settings), request.app.state.session_factory, principal, row, repository,
-                  f"dataset {dataset_id}")  # fmt: skip
+    delete_upload(session, ArtifactStore(settings), session_factory, DatasetRepository(session, principal.owner), row,
+                  f"dataset {dataset_id}")

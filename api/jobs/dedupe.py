@@ -19,9 +19,6 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from backend.models import Checkpoint, Dataset, Job, JobStatus, utcnow
 from estimator.config import constant_defaults
 
@@ -51,16 +48,6 @@ def fingerprint(checkpoint: Checkpoint, dataset: Dataset, loss: str, config: dic
                "config": canonical_config(config)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-
-def find_reusable(session: Session, owner: str, fingerprint_value: str) -> Job | None:
-    """The owner's most recent succeeded job with this fingerprint (the original run, not a reuse of it)."""
-    return session.scalar(
-        select(Job)
-        .where(Job.owner == owner, Job.fingerprint == fingerprint_value, Job.status == JobStatus.succeeded.value,
-               Job.reused_from.is_(None))
-        .order_by(Job.finished_at.desc(), Job.id)
-        .limit(1)
-    )
 
 
 def reused_job(source: Job, **fields: Any) -> Job:

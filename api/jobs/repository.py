@@ -9,38 +9,41 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
 
+from api.repository import OwnedRepository
 from backend.models import Checkpoint, Dataset, Job, JobStatus, TraceChunk, utcnow
 
 
-class JobRepository:
-    def __init__(self, session: Session, owner: str) -> None:
-        self.session = session
-        self.owner = owner
+class JobRepository(OwnedRepository[Job]):
+    model = Job
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.id == job_id, Job.owner == self.owner))
-
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint | None:
-        return self.session.scalar(
-            select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner == self.owner)
-        )
+        return self.session.scalar(self.owned(Checkpoint).where(Checkpoint.id == checkpoint_id))
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
-        return self.session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == self.owner))
+        return self.session.scalar(self.owned(Dataset).where(Dataset.id == dataset_id))
 
     def get_by_idempotency_key(self, key: str) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.owner == self.owner, Job.idempotency_key == key))
+        return self.first(Job.idempotency_key == key)
+
+    def find_reusable(self, fingerprint: str) -> Job | None:
+        """The most recent succeeded job with this fingerprint (``api.jobs.dedupe``): the original run,
+        not a reuse of it."""
+        return self.session.scalar(
+            self.owned()
+            .where(Job.fingerprint == fingerprint, Job.status == JobStatus.succeeded.value, Job.reused_from.is_(None))
+            .order_by(Job.finished_at.desc(), Job.id)
+            .limit(1)
+        )
 
     def count_unfinished(self) -> int:
         """Jobs of this owner still waiting or running: the work a per-owner cap limits."""
         return self.session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.owner == self.owner, Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+            .where(self.mine(), Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
         ) or 0
 
     def list(
@@ -52,7 +55,7 @@ class JobRepository:
         before: tuple[datetime, str] | None = None,
     ) -> list[Job]:
         """Newest first, ordered by (created_at, id) so that a cursor is stable under inserts."""
-        query = select(Job).where(Job.owner == self.owner)
+        query = self.owned()
         if status is not None:
             query = query.where(Job.status == status)
         if checkpoint_id is not None:
@@ -66,13 +69,13 @@ class JobRepository:
         return list(self.session.scalars(query))
 
     def has_traces(self, job_id: str) -> bool:
-        owned = select(Job.id).where(Job.id == job_id, Job.owner == self.owner)
+        owned = select(Job.id).where(self.mine(), Job.id == job_id)
         return self.session.scalar(
             select(func.count()).select_from(TraceChunk).where(TraceChunk.job_id.in_(owned.scalar_subquery()))
         ) > 0
 
     def trace_chunks(self, job_id: str) -> list[TraceChunk]:
-        owned = select(Job.id).where(Job.id == job_id, Job.owner == self.owner)
+        owned = select(Job.id).where(self.mine(), Job.id == job_id)
         return list(
             self.session.scalars(
                 select(TraceChunk)
@@ -94,7 +97,7 @@ class JobRepository:
         now = utcnow()
         result = self.session.execute(
             update(Job).execution_options(synchronize_session=False)
-            .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.queued.value)
+            .where(self.mine(), Job.id == job_id, Job.status == JobStatus.queued.value)
             .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now,
                     error="cancelled before it started")
         )
@@ -104,7 +107,7 @@ class JobRepository:
         """Flag a running job; its runner notices within seconds and marks it cancelled."""
         result = self.session.execute(
             update(Job).execution_options(synchronize_session=False)
-            .where(Job.id == job_id, Job.owner == self.owner, Job.status == JobStatus.running.value)
+            .where(self.mine(), Job.id == job_id, Job.status == JobStatus.running.value)
             .values(cancel_requested=True)
         )
         return result.rowcount == 1

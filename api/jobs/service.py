@@ -1,5 +1,5 @@
 """Job logic behind the endpoints: submission (validation, idempotency, per-owner cap), listing,
-cancellation and trace assembly. HTTP-agnostic apart from raising ``HTTPException`` with messages a
+cancellation and trace assembly. HTTP-free: it raises domain errors (``api.errors``) with messages a
 user can act on.
 """
 
@@ -11,11 +11,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import HTTPException, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Principal
+from api.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
 from api.jobs import dedupe
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import JobCreate, check_config_against
@@ -28,8 +28,8 @@ from backend.settings import Settings
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
-def not_found(kind: str, object_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{kind} '{object_id}' not found")
+def not_found(kind: str, object_id: str) -> NotFound:
+    return NotFound(f"{kind} '{object_id}' not found")
 
 
 @dataclass
@@ -96,15 +96,13 @@ class JobService:
     def check_can_run(self, checkpoints: list[Checkpoint]) -> None:
         for checkpoint in checkpoints:
             if checkpoint.format == "pt2" and not self.principal.can("run-code"):
-                raise HTTPException(
-                    status.HTTP_403_FORBIDDEN,
-                    detail=f"checkpoint '{checkpoint.id}' is a .pt2 archive, which runs code when loaded: "
+                raise Forbidden(f"checkpoint '{checkpoint.id}' is a .pt2 archive, which runs code when loaded: "
                            "running it needs a key with the 'run-code' scope")
 
     def check_config(self, config: dict, dataset: Dataset) -> None:
         problem = check_config_against(config, n=dataset.n, max_draws=self.settings.max_draws)
         if problem is not None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problem)
+            raise Unprocessable(problem)
 
     def check_capacity(self, new_jobs: int) -> None:
         cap = self.settings.max_queued_jobs_per_owner
@@ -116,7 +114,7 @@ class JobService:
             else:
                 detail = (f"{new_jobs} new jobs on top of your {unfinished} unfinished (queued or running) ones "
                           f"would exceed the limit of {cap} per owner; wait for some to finish or cancel some")
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=detail)
+            raise TooManyRequests(detail)
 
     def new_job(self, checkpoint: Checkpoint, dataset: Dataset, loss: str, config: dict, *, force: bool,
                 idempotency_key: str | None = None, batch_id: str | None = None) -> Job:
@@ -125,7 +123,7 @@ class JobService:
                       idempotency_key=idempotency_key, batch_id=batch_id,
                       fingerprint=dedupe.fingerprint(checkpoint, dataset, loss, config))
         if not force:
-            source = dedupe.find_reusable(self.session, self.principal.owner, fields["fingerprint"])
+            source = self.repo.find_reusable(fields["fingerprint"])
             if source is not None:
                 return dedupe.reused_job(source, **fields)
         return Job(**fields)
@@ -134,9 +132,7 @@ class JobService:
     def _check_idempotency_key(key: str) -> str:
         key = key.strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters")
+            raise Unprocessable(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters")
         return key
 
     @staticmethod
@@ -144,9 +140,7 @@ class JobService:
         same = (existing.batch_id is None and existing.checkpoint_id == body.checkpoint_id and existing.dataset_id == body.dataset_id
                 and existing.loss == body.loss and (existing.config or {}) == config)
         if not same:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                detail=f"Idempotency-Key '{key}' was already used for a different request (job {existing.id}); "
+            raise Conflict(f"Idempotency-Key '{key}' was already used for a different request (job {existing.id}); "
                        "use a new key for a new job")
         return existing
 
@@ -177,9 +171,7 @@ class JobService:
             self.session.refresh(job)
             return job
         self.session.refresh(job)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=f"job '{job_id}' has already finished ({job.status}); there is nothing to cancel")
+        raise Conflict(f"job '{job_id}' has already finished ({job.status}); there is nothing to cancel")
 
     # -- traces ------------------------------------------------------------------------------------
 
@@ -190,10 +182,10 @@ class JobService:
                 why = (f"is {job.status} ({job.progress:.0%} done); traces are available once it has succeeded")
             else:
                 why = f"{job.status}; it recorded no traces"
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' {why}")
+            raise Conflict(f"job '{job_id}' {why}")
         chunks = self.repo.trace_chunks(job.reused_from or job_id)  # a reused result keeps its source's traces
         if not chunks:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job '{job_id}' has no stored traces")
+            raise Conflict(f"job '{job_id}' has no stored traces")
         series: dict[str, dict[int, list[np.ndarray]]] = {"loss": {}, "llc": {}}
         for chunk in chunks:
             values = np.frombuffer(chunk.data, dtype="<f4", count=chunk.num_draws)
