@@ -70,6 +70,11 @@ def test_a_fixed_count_turns_the_rule_off(monkeypatch):  # noqa: ANN001
 @needs_two_cpus
 def test_the_meter_counts_a_busy_core_elsewhere_and_not_this_process():
     meter = CoreMeter(interval=3600)  # measured by hand below
+    meter.measure()
+    time.sleep(1.0)
+    before = meter.measure()
+    if before > 0.3:
+        pytest.skip(f"the machine is not idle ({before:.1f} cores busy elsewhere): one spinning core cannot be told apart")
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=30)], start_new_session=True)
     try:
         time.sleep(0.5)  # let it start spinning
