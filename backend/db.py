@@ -18,11 +18,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.settings import Settings, get_settings
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database or another dialect."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def database_exists(settings: Settings) -> bool:
+    """False only for a SQLite file that is not there yet (a server database is assumed to exist)."""
+    assert settings.database_url is not None
+    path = sqlite_file(settings.database_url)
+    return path is None or path.is_file()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -5,7 +5,7 @@
 - npz: a zip of ``.npy`` members. Each member's header is parsed with numpy's literal parser
   (no ``allow_pickle``); object and structured dtypes are refused; data is streamed in chunks.
 - ``.pt``: ``torch.save``'s zip format (``<name>/data.pkl`` + tensor storages). Recognised here but
-  only ever opened by ``python -m worker.inspect`` in a short-lived subprocess.
+  only ever opened by ``python -m worker.inspect_checkpoint`` in a short-lived subprocess.
 - ``.pt2``: a ``torch.export`` archive (``<name>/archive_format`` says "pt2"; ``models/model.json``;
   ``data/weights/model_weights_config.json`` lists each weight's shape and whether it is a parameter).
   Only that JSON is read here; the archive is code and is loaded only inside a job process.

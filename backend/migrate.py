@@ -1,4 +1,5 @@
-"""Run Alembic migrations programmatically (``lambdahat db upgrade``; ``serve`` on SQLite)."""
+"""Run Alembic migrations programmatically (``lambdahat db upgrade``), and the embedded default's
+own schema upkeep (:func:`prepare_embedded_database`)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
 
 def downgrade(settings: Settings | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(settings), revision)
+
+
+def prepare_embedded_database(settings: Settings) -> None:
+    """On the embedded default (SQLite in the data directory) every command that opens the database
+    creates or upgrades its schema first, so a fresh laptop needs no setup step. A server database
+    (PostgreSQL) is migrated by its operator, once per release: ``lambdahat db upgrade``."""
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        upgrade(settings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -130,15 +129,13 @@ def status_from_database(settings: Settings | None = None, *, ping: bool = False
     """The same summary read straight from the database named by the settings (``lambdahat status
     --from-database``; an operator's view, every owner's running jobs). Whether an embedded
     dispatcher runs cannot be known from here: ``embedded.dispatcher_running`` is None."""
-    from backend.db import session_scope
+    from backend.db import database_exists, session_scope
     from backend.settings import get_settings
 
     settings = settings or get_settings()
-    if settings.is_sqlite:
-        path = Path(str(settings.database_url).split("///", 1)[-1])
-        if not path.is_file():  # do not leave an empty database file behind
-            raise FileNotFoundError(f"no lambdahat database at {path} (start `lambdahat serve` once, or set "
-                                    "LAMBDAHAT_DATABASE_URL)")
+    if not database_exists(settings):  # do not leave an empty database file behind
+        raise FileNotFoundError(f"no lambdahat database at {settings.database_url} (start `lambdahat serve` once, "
+                                "or set LAMBDAHAT_DATABASE_URL)")
     with session_scope(settings) as session:
         summary = cluster_status(session, settings, owner=None, ping=ping)
     if summary["embedded"] is not None:

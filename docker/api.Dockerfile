@@ -2,7 +2,7 @@
 #
 # No CUDA: the API process never imports torch. It does need a CPU build of torch, because uploaded
 # `.pt` checkpoints are inspected with torch.load(weights_only=True) in a short-lived subprocess
-# (`python -m worker.inspect`), and the optional CPU worker (compose profile "cpu") runs jobs with it.
+# (`python -m worker.inspect_checkpoint`), and the optional CPU worker (compose profile "cpu") runs jobs with it.
 # The CPU wheel is ~200 MB against several GB for a CUDA build.
 #
 #   docker build -f docker/api.Dockerfile -t lambdahat-api .

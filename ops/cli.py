@@ -30,7 +30,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the API (and, in embedded mode, the local job dispatcher)."""
-    from api.server import run_server
+    from ops.serve import run_server
 
     run_server(host=host, port=port)
 
@@ -72,7 +72,7 @@ def keys_create(
     scope: Annotated[list[str] | None, typer.Option(help="Extra scope: admin, run-code. Repeatable.")] = None,
 ) -> None:
     """Create an API key and print it as the last line (only its hash is stored)."""
-    from api.admin import create_key_cli
+    from ops.keys import create_key_cli
 
     create_key_cli(name=name, owner=owner, scopes=scope or [])
 
@@ -85,8 +85,8 @@ def keys_ensure(
     scope: Annotated[list[str] | None, typer.Option(help="Extra scope: admin, run-code. Repeatable.")] = None,
 ) -> None:
     """Register the key in KEY_FILE (its hash) unless it already is; for deployments (docs/deploy.md)."""
-    from api.bootstrap import KeyBootstrapError, ensure_key, read_key_file
     from backend.settings import get_settings
+    from ops.keys import KeyBootstrapError, ensure_key, read_key_file
 
     try:
         row, created = ensure_key(get_settings(), name=name, owner=owner, scopes=scope or [],
@@ -101,7 +101,7 @@ def keys_ensure(
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (prefix, owner, scopes, state); never the keys themselves."""
-    from api.admin import list_keys_cli
+    from ops.keys import list_keys_cli
 
     list_keys_cli()
 
@@ -109,7 +109,7 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")]) -> None:
     """Revoke a key: requests with it answer 401 from now on."""
-    from api.admin import revoke_key_cli
+    from ops.keys import revoke_key_cli
 
     revoke_key_cli(key)
 

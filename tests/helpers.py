@@ -69,7 +69,7 @@ def running_app(settings, *, run_dispatcher: bool = False) -> Iterator[Any]:  # 
     """``create_app(settings)`` with its lifespan running (startup and shutdown)."""
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
+    from api.app import create_app
 
     app = create_app(settings, run_dispatcher=run_dispatcher)
     with TestClient(app):
@@ -92,7 +92,7 @@ def serve_in_thread(settings, *, run_dispatcher: bool = False) -> Iterator[str]:
 
     import uvicorn
 
-    from api.main import create_app
+    from api.app import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, run_dispatcher=run_dispatcher), host="127.0.0.1",

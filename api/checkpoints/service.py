@@ -2,7 +2,7 @@
 
 - safetensors: the header is read in pure Python; weights are checked against the architecture's
   expected state_dict and for NaN/inf (read in bounded chunks).
-- ``.pt``: inspected by ``python -m worker.inspect`` in a short-lived subprocess (``torch.load`` with
+- ``.pt``: inspected by ``python -m worker.inspect_checkpoint`` in a short-lived subprocess (``torch.load`` with
   ``weights_only=True``), so this process never imports torch or runs an unpickler.
 - ``.pt2``: code. Only keys with the ``run-code`` scope may upload one; only its JSON weight config is
   read here (for the parameter count); it is loaded only inside a job process.
@@ -145,7 +145,7 @@ def inspect_torch_file(path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lambdahat-inspect-") as cwd:
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "worker.inspect", str(path)],
+                [sys.executable, "-m", "worker.inspect_checkpoint", str(path)],
                 cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:

@@ -278,8 +278,8 @@ def test_traces_in_three_formats(api, seeded):  # noqa: ANN001
 
 
 def test_api_modules_do_not_import_torch():
-    code = ("import sys; import api.main, backend.dispatcher, api.jobs.service, backend.celery_app, backend.reaper; "
-            "from api.main import create_app; create_app(); print('torch' in sys.modules)")
+    code = ("import sys; import api.app, backend.dispatcher, api.jobs.service, backend.celery_app, backend.reaper; "
+            "from api.app import create_app; create_app(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

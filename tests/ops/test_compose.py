@@ -211,13 +211,13 @@ def test_api_port_healthcheck_and_public_bind(services) -> None:  # noqa: ANN001
     assert [str(p).rsplit(":", 1)[1] for p in api["ports"]] == [port]
     health = " ".join(api["healthcheck"]["test"])
     assert f"127.0.0.1:{port}/healthz" in health
-    from api.main import create_app
+    from api.app import create_app
     from backend.settings import Settings
 
     paths = set(create_app(Settings(database_url="sqlite://")).openapi()["paths"])
     assert {"/healthz", "/metrics", "/v1/status"} <= paths
     assert f"EXPOSE {port}" in dockerfile_of(api).read_text()
-    # A public bind needs a key besides the local one (api/server.py): the api-key one-shot registers it first.
+    # A public bind needs a key besides the local one (ops/serve.py): the api-key one-shot registers it first.
     key_service = services["api-key"]
     assert key_service["command"][:3] == ["lambdahat", "keys", "ensure"]
     secret_path = option(key_service["command"], "--key-file")
@@ -347,8 +347,11 @@ def test_api_image_has_cpu_torch_and_worker_image_cuda_torch(services) -> None: 
     assert re.search(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu\b", api_text)
     assert re.search(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", worker_text)
     for text in (api_text, worker_text):
-        # torch is installed from the chosen index BEFORE the project (whose requirement could pull CUDA torch).
-        assert text.index('--index-url "${TORCH_INDEX_URL}"') < text.index("pip install \".[s3]\"")
+        # torch is installed from the chosen index BEFORE the project (whose requirement could pull CUDA torch),
+        # and the project with its server parts (a bare `pip install .` is the library and the SDK only).
+        project = re.search(r'pip install "\.\[([^\]]*)\]"', text)
+        assert project is not None and "server" in project.group(1).split(","), text
+        assert text.index('--index-url "${TORCH_INDEX_URL}"') < project.start()
     # The torch version the images pin satisfies the project's requirement.
     import tomllib
 

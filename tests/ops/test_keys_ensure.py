@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from api.server import ServerConfigError, prepare
+from ops.serve import ServerConfigError, prepare
 from tests.helpers import api_client, running_app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -223,7 +223,7 @@ def test_metrics_token(make_api) -> None:  # noqa: ANN001, F811
 def test_metrics_answer_while_the_database_is_down(tmp_path) -> None:  # noqa: ANN001
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
+    from api.app import create_app
     from backend.settings import Settings
 
     settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")

@@ -94,7 +94,7 @@ def test_a_running_job_survives_connections_dropped_repeatedly(api, seeded):  # 
 def test_a_database_that_is_down_answers_503_with_json(tmp_path):  # noqa: ANN001
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
+    from api.app import create_app
     from backend.settings import Settings
 
     # Nothing listens on port 1: every connection attempt is refused.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from api.main import create_app
+from api.app import create_app
 from backend.settings import Settings
 
 

@@ -15,7 +15,7 @@ def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
 
 
 def test_keys_create_list_revoke(tmp_path, database_url):
-    from api.main import create_app
+    from api.app import create_app
     from backend.settings import Settings
 
     data_dir = tmp_path / "data"  # fresh: on SQLite the CLI creates and migrates it

@@ -173,8 +173,8 @@ def test_serve_creates_a_private_local_key_that_works(tmp_path):
 
 
 def test_serve_refuses_a_public_address_with_only_the_local_key(tmp_path):
-    from api.server import prepare
     from backend.settings import Settings
+    from ops.serve import prepare
 
     data_dir = tmp_path / "public"
     proc = _serve(data_dir, free_port(), host="0.0.0.0")
@@ -193,7 +193,7 @@ def test_serve_refuses_a_public_address_with_only_the_local_key(tmp_path):
                                                 ("127.0.0.2", True), ("0.0.0.0", False), ("10.1.2.3", False),
                                                 ("::", False), ("example.org", False)])
 def test_loopback_detection(host, loopback):
-    from api.server import is_loopback
+    from ops.serve import is_loopback
 
     assert is_loopback(host) is loopback
 
@@ -201,9 +201,9 @@ def test_loopback_detection(host, loopback):
 def test_local_key_is_replaced_not_multiplied(tmp_path):
     """Losing the key file makes a new local key and revokes the old one; neither counts as an
     explicit key for binding a public address; loosened file permissions are repaired."""
-    from api.server import ServerConfigError, explicit_key_count, local_key_path, prepare
     from backend.db import session_scope
     from backend.settings import Settings
+    from ops.serve import ServerConfigError, explicit_key_count, local_key_path, prepare
     from tests.helpers import create_key
 
     settings = Settings(data_dir=tmp_path / "d")

@@ -15,9 +15,9 @@ def test_importing_the_api_does_not_import_torch():
     result = _run(
         """
         import sys
-        import api.main, api.server, api.admin, backend.formats, backend.storage, api.uploads
+        import api.app, ops.serve, ops.keys, backend.formats, backend.storage, api.uploads
         import api.datasets.service, api.checkpoints.service
-        api.main.create_app()
+        api.app.create_app()
         print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
         """
     )
@@ -38,7 +38,7 @@ def test_uploads_do_not_import_torch_in_the_api_process(tmp_path):
         f"""
         import json, sys
         from fastapi.testclient import TestClient
-        from api.main import create_app
+        from api.app import create_app
         from backend.settings import Settings
         from tests.helpers import create_key
         settings = Settings(data_dir={str(tmp_path / "data")!r})

@@ -21,6 +21,7 @@ from api.jobs.endpoints import router as jobs_router
 from api.metrics import install_metrics
 from api.observability.status import router as status_router
 from backend.db import session_factory
+from backend.migrate import prepare_embedded_database
 from backend.settings import Settings, get_settings
 
 
@@ -42,10 +43,7 @@ def create_app(settings: Settings | None = None, *, run_dispatcher: bool | None 
             from backend.logs import route_library_loggers_to_root
 
             route_library_loggers_to_root()  # uvicorn configured its own handlers before this app started
-        if settings.is_sqlite:
-            from backend.migrate import upgrade
-
-            upgrade(settings)
+        prepare_embedded_database(settings)
         if run_dispatcher:
             from backend.dispatcher import EmbeddedDispatcher
 

@@ -1,4 +1,4 @@
-"""Inspect an uploaded ``torch.save`` checkpoint in a short-lived process: ``python -m worker.inspect PATH``.
+"""Inspect an uploaded ``torch.save`` checkpoint in a short-lived process: ``python -m worker.inspect_checkpoint PATH``.
 
 The API process never imports torch or runs an unpickler; it runs this instead and reads one JSON
 object from stdout: ``{"ok": true, "tensors": {key: {"shape", "dtype", "non_finite"}}}`` or
@@ -69,7 +69,7 @@ def _count_non_finite(tensor: Any) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print(json.dumps({"ok": False, "error": "usage: python -m worker.inspect PATH"}))
+        print(json.dumps({"ok": False, "error": "usage: python -m worker.inspect_checkpoint PATH"}))
         return 2
     result = inspect_state_dict(argv[0])
     print(json.dumps(result))

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from api.auth.keys import authenticate, create_key, revoke_key
 from backend.db import session_scope
+from backend.migrate import prepare_embedded_database
 from backend.models import ApiKey
 from backend.settings import Settings, get_settings
 from backend.storage import ArtifactStore
@@ -86,10 +87,7 @@ def explicit_key_count(settings: Settings) -> int:
 def prepare(settings: Settings, host: str) -> str:
     """Everything ``serve`` does before listening; returns the local key. Raises ServerConfigError."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if settings.is_sqlite:
-        from backend.migrate import upgrade
-
-        upgrade(settings)
+    prepare_embedded_database(settings)
     store = ArtifactStore(settings)
     store.root.mkdir(parents=True, exist_ok=True)
     store.cleanup_staging()
@@ -106,7 +104,7 @@ def prepare(settings: Settings, host: str) -> str:
 def run_server(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
     import uvicorn
 
-    from api.main import create_app
+    from api.app import create_app
     from backend.logs import configure_logging
 
     settings = settings or get_settings()
