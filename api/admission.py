@@ -2,12 +2,12 @@
 
 SQLite has one writer at a time, and every transaction here starts with ``BEGIN IMMEDIATE``
 (backend/db.py). A request takes the write lock at its first query and releases it at commit, and in
-between it hops between worker threads (dependency, endpoint, teardown). Under many concurrent
-clients, every worker thread of the pool (40) ended up blocked waiting for the lock or for a pooled
-connection, while the request holding the lock waited for a free thread to commit: nothing moved
-until the 30 s busy timeout fired and requests failed with "database is locked" (measured with
-bench/load.py: 50 clients). Waiting for admission in the event loop instead holds no thread, so the
-lock holder always gets one. PostgreSQL (row locks, real concurrency) is left unrestricted.
+between it hops between worker threads (dependency, endpoint, teardown). Unrestricted, many
+concurrent clients can occupy every worker thread of the pool (40) waiting for the lock or for a
+pooled connection, while the request holding the lock waits for a free thread to commit: nothing
+moves until the 30 s busy timeout fails them with "database is locked" (bench/load.py with 50
+clients reproduces it; docs/benchmarks.md). Waiting for admission in the event loop holds no
+thread, so the lock holder always gets one. PostgreSQL (row locks, real concurrency) is left unrestricted.
 """
 
 from __future__ import annotations

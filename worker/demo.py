@@ -10,10 +10,9 @@
 
 The LLC config is the estimator's defaults (epsilon from the measured curvature at w*, gamma,
 nβ = n / log n) except for the run length: 4 chains, minibatch 128, 8,000 burn-in steps and 2,000
-draws. The defaults size burn-in from the mixing time (15,000-25,000 steps at batch 512 here, about
-two minutes per checkpoint on one core); measured on this demo's five checkpoints, the defaults gave
-λ̂ = 32.3, 48.7, 52.3, 48.4, 46.4 and this config 34.9, 49.5, 51.8, 50.3, 47.5 (± 3-5 across
-chains, no warnings), in ~20 s per checkpoint. The warnings column shows whatever the estimator
+draws. The defaults size burn-in from the mixing time, which here costs minutes per checkpoint on
+one core; this shorter config gives the same picture in about 20 s per checkpoint (both sets of
+numbers are in docs/jobs.md). The warnings column shows whatever the estimator
 flags. ``LAMBDAHAT_DEMO_QUICK=1`` swaps in a much shorter config (a smoke test of the plumbing, not
 trustworthy numbers).
 """
