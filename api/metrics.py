@@ -100,8 +100,12 @@ class ClusterCollector:
 
     def _from_database(self, session: Any) -> list[Metric]:
         now = time.time()
-        metrics: list[Metric] = []
+        return [*self._job_metrics(session), *self._speed_metrics(session, now),
+                *self._worker_metrics(session, now), *self._upload_metrics(session)]
 
+    def _job_metrics(self, session: Any) -> list[Metric]:
+        """Jobs by status, the queue, stale running jobs, and the run-time histogram."""
+        metrics: list[Metric] = []
         jobs = GaugeMetricFamily("lambdahat_jobs", "Jobs by status (all owners).", labels=["status"])
         for job_status, count in cluster.job_counts(session).items():
             jobs.add_metric([job_status], count)
@@ -130,7 +134,11 @@ class ClusterCollector:
             buckets.append(("+Inf", histogram.count[job_status]))
             durations.add_metric([job_status], buckets, histogram.total_s[job_status])
         metrics.append(durations)
+        return metrics
 
+    def _speed_metrics(self, session: Any, now: float) -> list[Metric]:
+        """Sampler speed of the latest succeeded job per worker."""
+        metrics: list[Metric] = []
         since = datetime.fromtimestamp(now - WORKER_WINDOW_S, UTC)
         speed = GaugeMetricFamily(
             "lambdahat_sgld_steps_per_second",
@@ -145,7 +153,11 @@ class ClusterCollector:
             if entry.chain_steps_per_s is not None:
                 chain_speed.add_metric([entry.worker], entry.chain_steps_per_s)
         metrics += [speed, chain_speed]
+        return metrics
 
+    def _worker_metrics(self, session: Any, now: float) -> list[Metric]:
+        """Heartbeats and liveness of workers, and (distributed) whether the broker's registry answers."""
+        metrics: list[Metric] = []
         view = cluster.workers_seen(session, self.settings, now=now)
         heartbeat = GaugeMetricFamily(
             "lambdahat_worker_last_heartbeat_seconds",
@@ -171,7 +183,11 @@ class ClusterCollector:
             broker_up = GaugeMetricFamily("lambdahat_broker_up", "1 if the broker's worker registry could be read.")
             broker_up.add_metric([], 1 if view.registry == "ok" else 0)
             metrics.append(broker_up)
+        return metrics
 
+    def _upload_metrics(self, session: Any) -> list[Metric]:
+        """Uploaded artifacts kept, and the bytes they take as uploaded and as stored."""
+        metrics: list[Metric] = []
         totals = cluster.upload_totals(session)
         uploads = GaugeMetricFamily("lambdahat_uploads", "Uploaded artifacts currently kept, by kind.", labels=["kind"])
         upload_bytes = GaugeMetricFamily(
@@ -186,7 +202,6 @@ class ClusterCollector:
             stored_bytes.add_metric([kind], total.stored_bytes)
         metrics += [uploads, upload_bytes, stored_bytes]
         return metrics
-
 
 def _bound(value: float) -> str:
     return f"{value:g}" if value != int(value) else f"{value:.1f}"

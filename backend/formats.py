@@ -134,6 +134,31 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
 
 def read_safetensors(path: Path) -> dict[str, TensorInfo]:
     """Parse and check the header: every tensor's dtype, shape and byte range, and that they tile the file."""
+    header, data_start, data_len = _safetensors_header(path)
+    tensors: dict[str, TensorInfo] = {}
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = _safetensors_data_range(name, entry, data_len)
+        our_name, numpy_dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        ranges.append((begin, end))
+        tensors[name] = TensorInfo(our_name, tuple(entry["shape"]), numpy_dtype, data_start + begin)
+    # The tensors must tile the data exactly (what the safetensors library itself enforces).
+    position = 0
+    for begin, end in sorted(ranges):
+        if begin != position:
+            raise FormatError("corrupt safetensors file: tensor data ranges overlap or leave gaps")
+        position = end
+    if position != data_len:
+        raise FormatError(
+            f"corrupt safetensors file: {data_len - position} bytes after the last tensor (truncated header or extra data)"
+        )
+    return tensors
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """The header's JSON object, where the data starts and how many data bytes follow."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -151,51 +176,37 @@ def read_safetensors(path: Path) -> dict[str, TensorInfo]:
         raise FormatError(f"corrupt safetensors header (not JSON): {exc}") from None
     if not isinstance(header, dict):
         raise FormatError("corrupt safetensors header: expected a JSON object")
-    data_start = 8 + header_len
-    data_len = size - data_start
-    tensors: dict[str, TensorInfo] = {}
-    ranges = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= set(entry)):
-            raise FormatError(f"corrupt safetensors header: entry {name!r} lacks dtype/shape/data_offsets")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise FormatError(
-                f"tensor {name!r} has dtype {dtype}, which is not supported "
-                f"(supported: {', '.join(SAFETENSORS_DTYPES)})"
-            )
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise FormatError(f"corrupt safetensors header: tensor {name!r} has shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise FormatError(f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}")
-        begin, end = offsets
-        our_name, numpy_dtype = SAFETENSORS_DTYPES[dtype]
-        nbytes = math.prod(shape) * np.dtype(numpy_dtype).itemsize
-        if end - begin != nbytes or begin < 0:
-            raise FormatError(
-                f"corrupt safetensors header: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes "
-                f"but its data_offsets span {end - begin}"
-            )
-        if end > data_len:
-            raise FormatError(
-                f"truncated safetensors file: tensor {name!r} ends at byte {end} of the data, "
-                f"but the file holds only {data_len} data bytes"
-            )
-        ranges.append((begin, end))
-        tensors[name] = TensorInfo(our_name, tuple(shape), numpy_dtype, data_start + begin)
-    # The tensors must tile the data exactly (what the safetensors library itself enforces).
-    position = 0
-    for begin, end in sorted(ranges):
-        if begin != position:
-            raise FormatError("corrupt safetensors file: tensor data ranges overlap or leave gaps")
-        position = end
-    if position != data_len:
+    return header, 8 + header_len, size - 8 - header_len
+
+
+def _safetensors_data_range(name: str, entry: Any, data_len: int) -> tuple[int, int]:
+    """Check one header entry; the range of its bytes in the data, (begin, end)."""
+    if not (isinstance(entry, dict) and {"dtype", "shape", "data_offsets"} <= set(entry)):
+        raise FormatError(f"corrupt safetensors header: entry {name!r} lacks dtype/shape/data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
         raise FormatError(
-            f"corrupt safetensors file: {data_len - position} bytes after the last tensor (truncated header or extra data)"
+            f"tensor {name!r} has dtype {dtype}, which is not supported "
+            f"(supported: {', '.join(SAFETENSORS_DTYPES)})"
         )
-    return tensors
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise FormatError(f"corrupt safetensors header: tensor {name!r} has shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise FormatError(f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}")
+    begin, end = offsets
+    our_name, numpy_dtype = SAFETENSORS_DTYPES[dtype]
+    nbytes = math.prod(shape) * np.dtype(numpy_dtype).itemsize
+    if end - begin != nbytes or begin < 0:
+        raise FormatError(
+            f"corrupt safetensors header: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes "
+            f"but its data_offsets span {end - begin}"
+        )
+    if end > data_len:
+        raise FormatError(
+            f"truncated safetensors file: tensor {name!r} ends at byte {end} of the data, "
+            f"but the file holds only {data_len} data bytes"
+        )
+    return begin, end
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,28 @@ def cluster_status(session: Any, settings: Settings, *, owner: str | None, dispa
     queue = cluster.queue_stats(session)
     view = cluster.workers_seen(session, settings, now=now_ts)
     timeout = settings.heartbeat_timeout
+    workers = _workers(view, now_ts, timeout)
+    broker: dict[str, Any] | None = None
+    if not settings.embedded:
+        broker = {"url": redact(settings.broker_url), "registry": view.registry, "ping": None}
+        if ping:
+            broker["ping"] = celery_ping(settings, ping_timeout)
+    return {
+        "time": _iso(now),
+        "mode": "embedded" if settings.embedded else "distributed",
+        "jobs": cluster.job_counts(session),
+        "queue": {"depth": queue.depth, "oldest_queued_at": _iso(queue.oldest_queued_at),
+                  "oldest_wait_s": round(queue.oldest_wait_s(now), 1)},
+        "stale_running": cluster.stale_running_count(session, timeout),
+        "workers": {"alive": sum(w["alive"] for w in workers), "heartbeat_timeout_s": timeout, "items": workers},
+        "broker": broker,
+        "embedded": _embedded(settings, dispatcher, owner) if settings.embedded else None,
+        "running": _running_jobs(session, owner, now),
+        "running_scope": "all" if owner is None else "own",
+    }
+
+
+def _workers(view: Any, now_ts: float, timeout: float) -> list[dict[str, Any]]:
     workers = []
     for worker in view.workers:
         if worker.stopped_at is not None:
@@ -74,7 +96,11 @@ def cluster_status(session: Any, settings: Settings, *, owner: str | None, dispa
             "source": worker.source, "host": worker.host, "pid": worker.pid, "queues": worker.queues,
             "device": worker.device, "started_at": _iso(worker.started_at),
         })
+    return workers
 
+
+def _running_jobs(session: Any, owner: str | None, now: datetime) -> list[dict[str, Any]]:
+    """Running jobs with their progress: ``owner``'s, or every owner's (with the owner) for None."""
     query = select(Job).where(Job.status == JobStatus.running.value)
     if owner is not None:
         query = query.where(Job.owner == owner)
@@ -91,39 +117,21 @@ def cluster_status(session: Any, settings: Settings, *, owner: str | None, dispa
         if owner is None:
             entry["owner"] = job.owner
         running.append(entry)
+    return running
 
-    broker: dict[str, Any] | None = None
-    if not settings.embedded:
-        broker = {"url": redact(settings.broker_url), "registry": view.registry, "ping": None}
-        if ping:
-            broker["ping"] = celery_ping(settings, ping_timeout)
 
-    embedded = None
-    if settings.embedded:
-        embedded = {"dispatcher_running": False, "max_concurrent_jobs": settings.embedded_max_concurrent_jobs,
-                    "running_job_ids": []}
-        if dispatcher is not None and hasattr(dispatcher, "running_job_ids"):
-            thread = getattr(dispatcher, "_thread", None)
-            embedded["dispatcher_running"] = bool(thread is not None and thread.is_alive())
-            if owner is None:
-                embedded["running_job_ids"] = dispatcher.running_job_ids
-            embedded["running_jobs"] = len(dispatcher.running_job_ids)
-            embedded["job_processes"] = dispatcher.job_processes()
-
-    return {
-        "time": _iso(now),
-        "mode": "embedded" if settings.embedded else "distributed",
-        "jobs": cluster.job_counts(session),
-        "queue": {"depth": queue.depth, "oldest_queued_at": _iso(queue.oldest_queued_at),
-                  "oldest_wait_s": round(queue.oldest_wait_s(now), 1)},
-        "stale_running": cluster.stale_running_count(session, timeout),
-        "workers": {"alive": sum(w["alive"] for w in workers), "heartbeat_timeout_s": timeout, "items": workers},
-        "broker": broker,
-        "embedded": embedded,
-        "running": running,
-        "running_scope": "all" if owner is None else "own",
-    }
-
+def _embedded(settings: Settings, dispatcher: Any, owner: str | None) -> dict[str, Any]:
+    """The embedded dispatcher, as this process sees it (None: not this process's, or none runs)."""
+    embedded: dict[str, Any] = {"dispatcher_running": False,
+                                "max_concurrent_jobs": settings.embedded_max_concurrent_jobs, "running_job_ids": []}
+    if dispatcher is not None and hasattr(dispatcher, "running_job_ids"):
+        thread = getattr(dispatcher, "_thread", None)
+        embedded["dispatcher_running"] = bool(thread is not None and thread.is_alive())
+        if owner is None:
+            embedded["running_job_ids"] = dispatcher.running_job_ids
+        embedded["running_jobs"] = len(dispatcher.running_job_ids)
+        embedded["job_processes"] = dispatcher.job_processes()
+    return embedded
 
 def status_from_database(settings: Settings | None = None, *, ping: bool = False) -> dict[str, Any]:
     """The same summary read straight from the database named by the settings (``lambdahat status

@@ -66,14 +66,13 @@ def _from_database(ping: bool) -> dict[str, Any]:
 
 
 def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
-    from lambdahat._output import print_csv, print_json, print_key_values, print_table, stdout
+    from lambdahat._output import print_csv, print_json, print_key_values
 
     if output_format == "json":
         print_json(status)
         return
     jobs = status.get("jobs") or {}
     queue = status.get("queue") or {}
-    workers = (status.get("workers") or {}).get("items") or []
     alive = (status.get("workers") or {}).get("alive", 0)
     if output_format == "csv":  # one row: the numbers a script would watch
         row = {"mode": status.get("mode"), "workers_alive": alive, "queue_depth": queue.get("depth"),
@@ -81,7 +80,16 @@ def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
                **{f"jobs_{name}": count for name, count in jobs.items()}}
         print_csv(list(row), [row])
         return
+    print_key_values(_summary_pairs(status), title=f"lambdahat cluster at {status.get('time')}")
+    _print_workers(status)
+    _print_running_jobs(status)
 
+
+def _summary_pairs(status: dict[str, Any]) -> list[tuple[str, Any]]:
+    jobs = status.get("jobs") or {}
+    queue = status.get("queue") or {}
+    workers = (status.get("workers") or {}).get("items") or []
+    alive = (status.get("workers") or {}).get("alive", 0)
     pairs: list[tuple[str, Any]] = [("mode", status.get("mode"))]
     if status.get("source") == "database":
         pairs.append(("source", "the database (not the API)"))
@@ -106,34 +114,43 @@ def print_cluster_status(status: dict[str, Any], output_format: str) -> None:
     ]
     if status.get("stale_running"):
         pairs.append(("stale", f"{status['stale_running']} running job(s) without a recent heartbeat (reaper pending)"))
-    print_key_values(pairs, title=f"lambdahat cluster at {status.get('time')}")
+    return pairs
 
-    if workers:
-        ping = (broker or {}).get("ping")
-        rows = []
-        for w in workers:
-            answered = None
-            if isinstance(ping, dict):
-                answered = "yes" if any(host.split("@", 1)[0] == w["name"] or host == w["name"] for host in ping) else "no"
-            rows.append([w["name"], w["state"], f"{w['heartbeat_age_s']:.0f} s ago", w.get("host") or "-",
-                         ",".join(w.get("queues") or []) or "-", w.get("device") or "-",
-                         *([answered] if isinstance(ping, dict) else [])])
-        columns = ["worker", "state", "last heartbeat", "host", "queues", "device"]
-        stdout.print()
-        print_table(columns + (["ping"] if isinstance(ping, dict) else []), rows, title="workers")
-        if isinstance(ping, str):
-            stdout.print(ping, highlight=False)
+
+def _print_workers(status: dict[str, Any]) -> None:
+    from lambdahat._output import print_table, stdout
+
+    workers = (status.get("workers") or {}).get("items") or []
+    if not workers:
+        return
+    ping = (status.get("broker") or {}).get("ping")
+    rows = []
+    for w in workers:
+        answered = None
+        if isinstance(ping, dict):
+            answered = "yes" if any(host.split("@", 1)[0] == w["name"] or host == w["name"] for host in ping) else "no"
+        rows.append([w["name"], w["state"], f"{w['heartbeat_age_s']:.0f} s ago", w.get("host") or "-",
+                     ",".join(w.get("queues") or []) or "-", w.get("device") or "-",
+                     *([answered] if isinstance(ping, dict) else [])])
+    columns = ["worker", "state", "last heartbeat", "host", "queues", "device"]
+    stdout.print()
+    print_table(columns + (["ping"] if isinstance(ping, dict) else []), rows, title="workers")
+    if isinstance(ping, str):
+        stdout.print(ping, highlight=False)
+
+
+def _print_running_jobs(status: dict[str, Any]) -> None:
+    from lambdahat._output import print_table, stdout
 
     running = status.get("running") or []
+    every_owner = status.get("running_scope") == "all"
     stdout.print()
     if not running:
-        scope = "" if status.get("running_scope") == "all" else " of yours"
-        stdout.print(f"no running jobs{scope}", highlight=False)
+        stdout.print(f"no running jobs{'' if every_owner else ' of yours'}", highlight=False)
         return
-    rows = [[r["id"], *([r.get("owner")] if status.get("running_scope") == "all" else []), r.get("worker"),
+    rows = [[r["id"], *([r.get("owner")] if every_owner else []), r.get("worker"),
              f"{100 * (r.get('progress') or 0):.0f}%", r.get("draws_done"), r.get("attempts"),
              f"{r['heartbeat_age_s']:.0f} s ago" if r.get("heartbeat_age_s") is not None else "-"]
             for r in running]
-    columns = ["job", *(["owner"] if status.get("running_scope") == "all" else []), "worker", "progress", "draws",
-               "attempt", "heartbeat"]
-    print_table(columns, rows, title="running jobs" + ("" if status.get("running_scope") == "all" else " (yours)"))
+    columns = ["job", *(["owner"] if every_owner else []), "worker", "progress", "draws", "attempt", "heartbeat"]
+    print_table(columns, rows, title="running jobs" + ("" if every_owner else " (yours)"))

@@ -239,25 +239,11 @@ def run_job(
     worker_name = worker_name or os.environ.get("LAMBDAHAT_WORKER_NAME") or f"worker-{os.getpid()}"
     device = device or os.environ.get("LAMBDAHAT_WORKER_DEVICE") or None
 
-    def claim(session: Any) -> tuple[str, int | None, str]:
-        """(job id, attempt or None, why not claimable)."""
-        if fair:
-            claimed = lifecycle.claim_next_fair(session, worker_name)
-            if claimed is None:
-                return job_id, None, "nothing queued"
-            claimed_id, attempt = claimed
-        else:
-            claimed_id, attempt = job_id, lifecycle.claim(session, job_id, worker_name)
-        if attempt is None:
-            job = session.get(Job, claimed_id)
-            return claimed_id, None, job.status if job is not None else "missing"
-        lifecycle.clear_partial_results(session, claimed_id)
-        return claimed_id, attempt, ""
-
     # Retried when the connection drops: a rolled-back claim is simply made again; a claim whose
     # commit landed but whose reply was lost finds the job running, and the reaper re-queues it.
     hint = job_id
-    job_id, attempt, state = in_transaction(settings, f"job {hint}: claiming", claim)
+    job_id, attempt, state = in_transaction(settings, f"job {hint}: claiming",
+                                            lambda session: _claim(session, hint, worker_name, fair))
     if attempt is None:
         log.info("job %s not claimable (%s); nothing to do", job_id, state)
         return JobOutcome(job_id, "skipped", state)
@@ -285,6 +271,28 @@ def run_job(
 
     if getattr(result, "stopped", False) or monitor.stop_reason is not None:
         return _finish_stopped(settings, job_id, attempt, monitor)
+    return _store_result(settings, job_id, attempt, result, monitor, job_process)
+
+
+def _claim(session: Any, job_id: str, worker_name: str, fair: bool) -> tuple[str, int | None, str]:
+    """Claim ``job_id`` (or, with ``fair``, the fairest queued job): (job id, attempt or None, why not)."""
+    if fair:
+        claimed = lifecycle.claim_next_fair(session, worker_name)
+        if claimed is None:
+            return job_id, None, "nothing queued"
+        claimed_id, attempt = claimed
+    else:
+        claimed_id, attempt = job_id, lifecycle.claim(session, job_id, worker_name)
+    if attempt is None:
+        job = session.get(Job, claimed_id)
+        return claimed_id, None, job.status if job is not None else "missing"
+    lifecycle.clear_partial_results(session, claimed_id)
+    return claimed_id, attempt, ""
+
+
+def _store_result(settings: Settings, job_id: str, attempt: int, result: Any, monitor: JobMonitor,
+                  job_process: dict[str, int]) -> JobOutcome:
+    """Write the result, chains and traces, fenced by the attempt; a re-assigned job keeps nothing."""
     rows = result_rows(result)
     # How the job ran, beside the estimator's own timings: which process (its how-manieth job) and threads.
     timings = rows["summary"].setdefault("timings", {})

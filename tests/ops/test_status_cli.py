@@ -114,6 +114,7 @@ def test_lambdahat_status_subprocess_against_an_embedded_server(service_settings
 
 def test_without_a_server_address_status_falls_back_to_the_database(service_settings, monkeypatch) -> None:  # noqa: ANN001, F811
     import lambdahat._http
+    import ops.cli  # noqa: F401 - `lambdahat status` runs through it: it installs the database reader
     from backend.settings import get_settings
     from lambdahat.cluster_status import cluster_status
     from lambdahat.errors import ConnectionFailed
