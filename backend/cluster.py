@@ -18,7 +18,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from backend import workers as worker_registry
-from backend.models import Checkpoint, Dataset, Job, JobStatus
+from backend.models import JOB_STATUSES, Checkpoint, Dataset, Job, JobStatus
 from backend.settings import Settings
 
 log = logging.getLogger("lambdahat.observability")
@@ -30,7 +30,7 @@ DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 360
 
 def job_counts(session: Session) -> dict[str, int]:
     """Jobs by status; every known status is present (0 when there are none)."""
-    counts = dict.fromkeys((s.value for s in JobStatus), 0)
+    counts = dict.fromkeys(JOB_STATUSES, 0)
     for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
         counts[status] = int(count)
     return counts

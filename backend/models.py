@@ -81,6 +81,9 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+JOB_STATUSES = tuple(status.value for status in JobStatus)  # in lifecycle order: queued first
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 

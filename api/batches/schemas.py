@@ -8,9 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.jobs.schemas import LLCConfigIn, LossName
+from backend.models import JOB_STATUSES
 
 MAX_BATCH_CHECKPOINTS = 10_000
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class BatchCreate(BaseModel):
@@ -54,7 +54,7 @@ class BatchCreate(BaseModel):
 
 class BatchPublic(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
+    status: Literal[JOB_STATUSES] = Field(
         description="queued (nothing started), running (some unfinished), or once every job has finished: "
                     "succeeded (all), failed (any failed), cancelled (any cancelled, none failed).")
     collection: str | None

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backend.models import JOB_STATUSES
 from estimator.config import CHAIN_MODES, DTYPES, LOSSES, SAMPLERS, LLCConfig
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 LossName = Literal[LOSSES]
 MAX_CHAINS = 64
 # Upper bounds that keep one job's step count finite even before settings-dependent checks run.
@@ -148,7 +148,7 @@ class JobTimings(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal[JOB_STATUSES]
     cancel_requested: bool
     checkpoint_id: str
     dataset_id: str
