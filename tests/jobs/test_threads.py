@@ -100,6 +100,8 @@ def test_job_processes_of_one_deployment_do_not_count_each_other(tmp_path):  # n
     measures. The spinner is a sibling, part of the deployment, so nothing is busy elsewhere."""
     parent = textwrap.dedent(f"""
         import subprocess, sys, time
+        before = subprocess.run([sys.executable, "-c", {MEASURE!r}], capture_output=True, text=True)
+        print(before.stdout.strip() or before.stderr)
         spinner = subprocess.Popen([sys.executable, "-c", {SPIN.format(seconds=30)!r}])
         measurer = subprocess.run([sys.executable, "-c", {MEASURE!r}], capture_output=True, text=True)
         spinner.kill()
@@ -107,7 +109,10 @@ def test_job_processes_of_one_deployment_do_not_count_each_other(tmp_path):  # n
     """)
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert float(out.stdout.strip().splitlines()[-1]) < 0.5, out.stdout + out.stderr
+    before, during = (float(line) for line in out.stdout.strip().splitlines()[-2:])
+    if before > 0.3:
+        pytest.skip(f"the machine is not idle ({before:.1f} cores busy elsewhere before the spinner started)")
+    assert during < 0.5, out.stdout + out.stderr
 
 
 MEASURE = """
