@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import defaults
+from . import tuning
 from .config import LLCConfig
 from .data import materialise, to_device
 from .functional import FlatModel, probe_vmap
 from .losses import LossFn, resolve_loss
-from .report import build_report
+from .report import RunRecord, build_report
 from .result import LLCResult, ProgressEvent
 from .samplers import KERNELS
 
@@ -91,22 +91,22 @@ def estimate_llc(
 
 def _resolve_device(config: LLCConfig, model: torch.nn.Module, n: int) -> tuple[torch.device, str]:
     """The sampling device and why. "auto" takes CUDA when there is one and a step is big enough
-    for a GPU to be faster than a CPU core (defaults.CUDA_MIN_WORK); tiny models stay on the CPU."""
+    for a GPU to be faster than a CPU core (tuning.CUDA_MIN_WORK); tiny models stay on the CPU."""
     name = config.device
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu"), "auto: no CUDA device is available"
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        batch = min(config.batch_size or defaults.batch_size(n), n)
-        work = defaults.step_work(config.num_chains, params, batch)
-        if work < defaults.CUDA_MIN_WORK:
+        batch = min(config.batch_size or tuning.batch_size(n), n)
+        work = tuning.step_work(config.num_chains, params, batch)
+        if work < tuning.CUDA_MIN_WORK:
             return torch.device("cpu"), (
                 f"auto: CPU although CUDA is available, because a step is too small for a GPU to pay off "
-                f"(chains x params x batch = {work:,} < {defaults.CUDA_MIN_WORK:,}; GPU steps this small "
+                f"(chains x params x batch = {work:,} < {tuning.CUDA_MIN_WORK:,}; GPU steps this small "
                 "are bound by kernel-launch latency); pass device='cuda' to use it anyway"
             )
         return torch.device("cuda", torch.cuda.current_device()), (
-            f"auto: CUDA (chains x params x batch = {work:,} >= {defaults.CUDA_MIN_WORK:,})"
+            f"auto: CUDA (chains x params x batch = {work:,} >= {tuning.CUDA_MIN_WORK:,})"
         )
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -177,9 +177,9 @@ class _Run:
         self.n = int(inputs.shape[0])
         self.P = flat.num_params
         self.C = config.num_chains
-        self.nbeta = float(config.nbeta) if config.nbeta is not None else defaults.nbeta(self.n)
-        self.gamma = float(config.gamma) if config.gamma is not None else defaults.GAMMA
-        self.batch_size = min(config.batch_size or defaults.batch_size(self.n), self.n)
+        self.nbeta = float(config.nbeta) if config.nbeta is not None else tuning.nbeta(self.n)
+        self.gamma = float(config.gamma) if config.gamma is not None else tuning.GAMMA
+        self.batch_size = min(config.batch_size or tuning.batch_size(self.n), self.n)
         self.notes: list[dict[str, Any]] = []  # warnings raised while running
         self.static_batch = flat.static_batch
         if self.static_batch is not None:
@@ -235,7 +235,7 @@ class _Run:
         self.curv_x, self.curv_y = self._curvature_batch()
         if cfg.epsilon is None:
             h_star, _ = self._top_curvature(
-                self.flat.w_star.unsqueeze(0), None, iters=defaults.POWER_ITERS_AT_W_STAR
+                self.flat.w_star.unsqueeze(0), None, iters=tuning.POWER_ITERS_AT_W_STAR
             )
             self.h_star = float(h_star[0])
             if not math.isfinite(self.h_star):
@@ -264,7 +264,7 @@ class _Run:
         self.step_epsilon = self.epsilon
         self.timings["curvature_s"] = time.perf_counter() - t0
 
-        if defaults.prefetch_noise(self):
+        if tuning.prefetch_noise(self.device.type, self.chunk_size, self.P):
             # With a spare core the noise thread runs there at normal priority; without one it must
             # not take a core from the compute threads.
             spare_core = torch.get_num_threads() < len(_usable_cpus())
@@ -277,7 +277,7 @@ class _Run:
         self.num_burnin = cfg.num_burnin_steps if cfg.num_burnin_steps is not None else 0
         # With automatic draws the number is decided after warm-up (from the settle stage's
         # autocorrelation); until then progress reports a provisional figure.
-        self.num_draws = cfg.num_draws if cfg.num_draws is not None else defaults.PROVISIONAL_DRAWS
+        self.num_draws = cfg.num_draws if cfg.num_draws is not None else tuning.PROVISIONAL_DRAWS
         self.total_steps = self.num_burnin + self._sampling_steps()
         stopped = False
         self.sample_steps_done = 0
@@ -292,7 +292,7 @@ class _Run:
         try:
             self._burnin()
             if cfg.num_draws is None:
-                self.num_draws = defaults.num_draws(self)
+                self.num_draws = self._automatic_num_draws()
             t_sampling = time.perf_counter()
             self._sample()
         except _Stopped:
@@ -307,7 +307,30 @@ class _Run:
         self.timings["steps_per_s"] = self.steps_done / busy if busy > 0 else float("nan")
         self.timings["chain_steps_per_s"] = self.timings["steps_per_s"] * self.C
         self._describe_kernels()
-        return build_report(self, stopped)
+        return build_report(self._record(stopped))
+
+    def _record(self, stopped: bool) -> RunRecord:
+        return RunRecord(
+            config=self.config, n=self.n, num_params=self.P, num_chains=self.C, nbeta=self.nbeta,
+            gamma=self.gamma, batch_size=self.batch_size, device=str(self.device),
+            device_reason=self.device_reason, chain_mode=self.chain_mode,
+            chain_mode_reason=self.chain_mode_reason, chunk_size=self.chunk_size,
+            init_loss=self.init_loss, init_loss_samples=self.init_loss_samples, epsilon=self.epsilon,
+            h_star=self.h_star, h_seen=self.h_seen, h_typ=self.h_typ, trace_typ=self.trace_typ,
+            llc_warm=self.llc_warm, num_draws=self.num_draws, num_burnin=self.num_burnin,
+            explore_steps=self.explore_steps, settle_steps=self.settle_steps,
+            burnin_restarts=self.burnin_restarts, steps_done=self.steps_done,
+            sample_losses=self.sample_losses.cpu().numpy(), sample_steps_done=self.sample_steps_done,
+            mala_sum=self.mala_sum.cpu().numpy(), mala_count=self.mala_count.cpu().numpy(),
+            diverged=self.diverged, notes=tuple(self.notes), timings=dict(self.timings), stopped=stopped,
+        )
+
+    def _automatic_num_draws(self) -> int:
+        healthy = [c for c in range(self.C) if c not in self.diverged]
+        losses = None
+        if self.settle_losses is not None and healthy:
+            losses = self.settle_losses[:, healthy].cpu().numpy()
+        return tuning.num_draws(losses, self.nbeta, self.init_loss, self.config.num_steps_bw_draws)
 
     def _describe_kernels(self) -> None:
         """Say in chain_mode_reason whether the gradient kernel ran as a traced graph, and if not why."""
@@ -317,7 +340,7 @@ class _Run:
             self.chain_mode_reason += "; gradient kernel replayed as a traced aten graph"
             if self.kernels.grad_and_values.reused:
                 self.chain_mode_reason += " (traced by an earlier call on a model of the same structure)"
-        elif defaults.TRACE_KERNELS and self.kernels.grad_and_values.fallback_reason:
+        elif tuning.TRACE_KERNELS and self.kernels.grad_and_values.fallback_reason:
             self.chain_mode_reason += (
                 f"; eager gradient kernel: {self.kernels.grad_and_values.fallback_reason}"
             )
@@ -371,7 +394,7 @@ class _Run:
         second = slice(m, 2 * m) if self.n >= 2 * m else slice(0, m)
         xb = torch.stack([self.x[:m], self.x[second]])
         yb = torch.stack([self.y[:m], self.y[second]])
-        probe = probe_vmap(self.flat, w, xb, yb, trace=defaults.TRACE_KERNELS)
+        probe = probe_vmap(self.flat, w, xb, yb, trace=tuning.TRACE_KERNELS)
         self.kernels = probe.kernels
         self.vmappable = probe.failure is None
         self.chunk_size = 1
@@ -391,7 +414,7 @@ class _Run:
                 )
             return
         if mode == "sequential" or (
-            mode == "auto" and not probe.chain_exact and defaults.prefer_sequential(self)
+            mode == "auto" and not probe.chain_exact and tuning.prefer_sequential(self.device.type, self.P, self.static_batch or self.batch_size)
         ):
             self.chain_mode = "sequential"
             if mode == "sequential":
@@ -406,7 +429,7 @@ class _Run:
                 )
             return
         self.chain_mode = "vmap"
-        self.chunk_size = min(self.C, self.config.max_chains_per_chunk or defaults.chunk_size(self))
+        self.chunk_size = min(self.C, self.config.max_chains_per_chunk or tuning.chunk_size(self.C, self.P, self.dtype.itemsize))
         self.chain_mode_reason = (
             "requested (chain_mode='vmap')" if mode == "vmap" else "auto: the model supports torch.func.vmap"
         )
@@ -418,7 +441,7 @@ class _Run:
             self.chain_mode_reason += inexact
 
     def _curvature_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.static_batch or min(self.n, defaults.CURVATURE_SAMPLES)
+        size = self.static_batch or min(self.n, tuning.CURVATURE_SAMPLES)
         if size == self.n:
             return self.x, self.y
         idx = torch.randperm(self.n, generator=self.aux_gen, device=self.device)[:size]
@@ -459,34 +482,18 @@ class _Run:
         module = KERNELS[self.config.sampler]
         self.sampler = module.build(self.step_epsilon, self.gamma, self.nbeta, {"w": self.flat.w_star})
 
-    def _epsilon_for(self, h_typ: float, h_max: float | None = None) -> float:
-        """The sampling step size for the curvature known so far.
-
-        Accuracy, quadratic model: SGLD inflates the variance along an eigen-direction of curvature
-        a = nβ h + γ by 1/(1 - εa/4), which adds ≈ ε nβ h / 8 to λ̂. Summed over directions the
-        bias is ≈ (ε/8) nβ tr(H), so ε = 8 · target_bias · λ̂ / (nβ tr H) keeps the relative bias at
-        target_bias. Once warm-up has measured the chains' mean Hessian trace (Hutchinson) and a
-        running λ̂, that rule is used; before, the isotropic special case ε = 4 · target_bias /
-        (nβ h_top + γ) with the top eigenvalue. Stability: ε a_max / 4 ≤ STABILITY_MARGIN at the
-        largest curvature any chain has met.
-        """
-        t = self.config.target_bias / (1.0 + self.config.target_bias)
-        by_bias = 4.0 * t / (self.nbeta * max(h_typ, 0.0) + self.gamma)
-        if self.trace_typ is not None and self.llc_warm is not None:
-            trace = max(self.trace_typ, h_typ)
-            if trace > 0:
-                by_bias = 8.0 * t * max(self.llc_warm, defaults.LLC_FLOOR) / (self.nbeta * trace)
-        h_max = h_typ if h_max is None else h_max
-        by_stability = 4.0 * defaults.STABILITY_MARGIN / (self.nbeta * max(h_max, 0.0) + self.gamma)
-        return min(by_bias, by_stability)
+    def _epsilon_for(self, h_typ: float, h_max: float) -> float:
+        return tuning.sampling_epsilon(
+            h_typ, h_max, self.nbeta, self.gamma, self.config.target_bias, self.trace_typ, self.llc_warm
+        )
 
     def _explore_epsilon(self) -> float:
-        """The exploration step: EXPLORE_FACTOR × the sampling ε, kept clear of the stability limit."""
-        by_stability = 4.0 * defaults.EXPLORE_STABILITY / (self.nbeta * max(self.h_seen, 0.0) + self.gamma)
-        return min(defaults.EXPLORE_FACTOR * self._epsilon_for(self.h_typ, self.h_seen), by_stability)
+        return tuning.explore_epsilon(
+            self.h_typ, self.h_seen, self.nbeta, self.gamma, self.config.target_bias, self.trace_typ, self.llc_warm
+        )
 
     def _sampling_steps(self) -> int:
-        return (self.num_draws - 1) * self.config.num_steps_bw_draws + 1 if self.num_draws > 0 else 0
+        return tuning.sampling_steps(self.num_draws, self.config.num_steps_bw_draws)
 
     # ------------------------------------------------------------------ curvature
     def _hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -533,18 +540,17 @@ class _Run:
         # Fixed point h = curvature at the distance the exploration step for h travels; that
         # distance shrinks as h grows, so iterate with geometric damping.
         h = self.h_star
-        for _ in range(defaults.PROBE_ROUNDS):
+        for _ in range(tuning.PROBE_ROUNDS):
             self.h_seen = self.h_typ = h
-            radius = math.sqrt(self._explore_epsilon() * defaults.PROBE_STEPS)
+            radius = tuning.probe_radius(self._explore_epsilon())
             z = torch.randn((1, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype)
             w = self.flat.w_star.unsqueeze(0) + radius * z
-            found = float(self._top_curvature(w, None, iters=defaults.WARMUP_POWER_ITERS)[0][0])
+            found = float(self._top_curvature(w, None, iters=tuning.WARMUP_POWER_ITERS)[0][0])
             if not math.isfinite(found):
                 break
-            if found <= max(h, self.h_star) * 1.5 and found >= h / 1.5:
-                h = max(h, found)
+            h, consistent = tuning.next_probe_curvature(h, found, self.h_star)
+            if consistent:
                 break
-            h = max(self.h_star, math.sqrt(max(h, 1e-30) * found) if h > 0 else found)
         self.h_seen = self.h_typ = max(h, self.h_star)
 
     def _measure_chain_curvature(self) -> tuple[float, float, float]:
@@ -556,7 +562,7 @@ class _Run:
             self.chain_curv_vec = torch.randn(
                 (rows, self.P), generator=self.aux_gen, device=self.device, dtype=self.dtype
             )
-        probes = defaults.TRACE_PROBES
+        probes = tuning.TRACE_PROBES
         signs = torch.randint(0, 2, (probes, rows, self.P), generator=self.aux_gen, device=self.device)
         signs = signs.to(self.dtype).mul_(2).sub_(1)
         values, vecs, traces = [], [], []
@@ -564,7 +570,7 @@ class _Run:
         for chunk in self.chunks:
             k = chunk.w.shape[0]
             v0 = self.chain_curv_vec[offset : offset + k]
-            hk, vk = self._top_curvature(chunk.w, v0, iters=defaults.WARMUP_POWER_ITERS)
+            hk, vk = self._top_curvature(chunk.w, v0, iters=tuning.WARMUP_POWER_ITERS)
             values.append(hk)
             vecs.append(vk)
             trace = torch.zeros(k, dtype=torch.float64, device=self.device)
@@ -686,7 +692,7 @@ class _Run:
         """
         self.phase = "burnin"
         self.block_losses = torch.full(
-            (defaults.CHECK_EVERY, self.C), float("nan"), dtype=torch.float64, device=self.device
+            (tuning.CHECK_EVERY, self.C), float("nan"), dtype=torch.float64, device=self.device
         )
         self.chain_curv_vec = None
         self.settle_losses: torch.Tensor | None = None
@@ -708,7 +714,7 @@ class _Run:
                     self.explore_steps = t
                     self._adapt_epsilon(exploring=False)
                     t = 0
-                    next_check = defaults.CURVATURE_CHECK_PERIOD
+                    next_check = tuning.CURVATURE_CHECK_PERIOD
                     continue
             else:
                 if t >= self._settle_length(explicit):
@@ -724,7 +730,7 @@ class _Run:
             self._step_all(record)
             t += 1
             since_check += 1
-            if since_check >= defaults.CHECK_EVERY:
+            if since_check >= tuning.CHECK_EVERY:
                 recorded = (
                     self.block_losses[:since_check] if exploring else self.settle_losses[t - since_check : t]
                 )
@@ -739,7 +745,7 @@ class _Run:
                 self.total_steps = max(self.steps_done, planned) + self._sampling_steps()
                 self.block_losses.fill_(float("nan"))
                 if bad:
-                    if auto_eps and self.burnin_restarts < defaults.MAX_BURNIN_RESTARTS:
+                    if auto_eps and self.burnin_restarts < tuning.MAX_BURNIN_RESTARTS:
                         self._restart_burnin(sorted(bad))
                         exploring = True
                         self.settle_losses = None
@@ -751,7 +757,7 @@ class _Run:
             if next_check is not None and t >= next_check:
                 self._adapt_epsilon(exploring)
                 # Doubling at first (the chains spread fastest early), then periodically.
-                next_check = min(2 * next_check, next_check + defaults.CURVATURE_CHECK_PERIOD)
+                next_check = tuning.next_curvature_check(next_check)
         if since_check:
             recorded = self.settle_losses[t - since_check : t]
             bad = self._bad_chains(recorded, t - since_check)
@@ -765,16 +771,12 @@ class _Run:
         self._report_progress(force=True)
 
     def _explore_length(self, explicit: bool) -> int:
-        if explicit:
-            return round(self.config.num_burnin_steps * defaults.EXPLORE_FRACTION)
-        return defaults.explore_steps(self.step_epsilon, self.gamma)
+        return tuning.explore_length(self.config.num_burnin_steps, self.step_epsilon, self.gamma)
 
     def _settle_length(self, explicit: bool) -> int:
-        if explicit:
-            return self.config.num_burnin_steps - self.explore_steps
-        if self.config.epsilon is not None:
-            return defaults.fixed_epsilon_burnin(self.epsilon, self.gamma)
-        return defaults.settle_steps(self.explore_steps)
+        return tuning.settle_length(
+            self.config.num_burnin_steps, self.explore_steps, self.config.epsilon is not None, self.epsilon, self.gamma
+        )
 
     def _set_step_epsilon(self, exploring: bool) -> None:
         if self.config.epsilon is None:
@@ -793,18 +795,18 @@ class _Run:
         # Typical values once the chains have spread: means over the checks (and loss blocks) of the
         # later half of warm-up so far; early ones see chains still bunched at w*.
         self.h_typ_history.append((self.steps_done, h_mean))
-        self.h_typ = _recent_mean(self.h_typ_history, self.steps_done)
+        self.h_typ = tuning.recent_mean(self.h_typ_history, self.steps_done)
         if math.isfinite(trace):
             self.trace_history.append((self.steps_done, trace))
-            self.trace_typ = _recent_mean(self.trace_history, self.steps_done)
+            self.trace_typ = tuning.recent_mean(self.trace_history, self.steps_done)
         if self.block_history:
-            self.llc_warm = self.nbeta * (_recent_mean(self.block_history, self.steps_done) - self.init_loss)
+            self.llc_warm = self.nbeta * (tuning.recent_mean(self.block_history, self.steps_done) - self.init_loss)
         self._set_step_epsilon(exploring)
 
     def _restart_burnin(self, bad: list[int]) -> None:
         """A chain blew up during warm-up: shrink ε, put every chain back at w*, start warm-up again."""
         self.burnin_restarts += 1
-        self.eps_safety /= defaults.RESTART_SHRINK
+        self.eps_safety /= tuning.RESTART_SHRINK
         self._set_step_epsilon(exploring=True)
         self._note(
             "burnin_restart",
@@ -827,7 +829,7 @@ class _Run:
         )
         self.mala_sum = torch.zeros(self.C, dtype=torch.float64, device=self.device)
         self.mala_count = torch.zeros(self.C, dtype=torch.float64, device=self.device)
-        mala_every = defaults.mala_every(steps, self.config.sampler)
+        mala_every = tuning.mala_every(steps, self.config.sampler)
         since_check = 0
         self.sample_steps_done = 0
         for t in range(steps):
@@ -835,7 +837,7 @@ class _Run:
             self._step_all(self.sample_losses[t], mala=mala)
             self.sample_steps_done = t + 1
             since_check += 1
-            if since_check >= defaults.CHECK_EVERY or t == steps - 1:
+            if since_check >= tuning.CHECK_EVERY or t == steps - 1:
                 block = self.sample_losses[t + 1 - since_check : t + 1]
                 bad = self._bad_chains(block, t + 1 - since_check)
                 if bad:
@@ -855,7 +857,7 @@ class _Run:
         """
         if block.numel() == 0:
             return {}
-        limit = self.init_loss + defaults.explosion_margin(self.P) / self.nbeta
+        limit = self.init_loss + tuning.explosion_margin(self.P) / self.nbeta
         bad_steps = ~torch.isfinite(block) | (block > limit)
         if not bool(bad_steps.any()):
             return {}
@@ -918,11 +920,10 @@ class _Run:
         chunk.state = _select_state(chunk.state, index, old_w.shape[0], {"w": chunk.w})
 
     def _suggested_epsilon(self) -> float:
-        if self.config.epsilon is not None or not self.h_seen > 0:
-            return float(self.step_epsilon / 10.0)
-        t = self.config.target_bias / (1.0 + self.config.target_bias)
-        by_curvature = 4.0 * t / (self.nbeta * self.h_seen + self.gamma)
-        return float(min(self.step_epsilon / 10.0, by_curvature))
+        return tuning.suggested_epsilon(
+            self.step_epsilon, self.h_seen, self.nbeta, self.gamma, self.config.target_bias,
+            epsilon_given=self.config.epsilon is not None,
+        )
 
     def _note(self, code: str, message: str, chain: int | None = None) -> None:
         self.notes.append({"code": code, "message": message, "chain": chain})
@@ -994,12 +995,6 @@ def _yield_to_compute_threads() -> None:
 def _draw_normals(out: torch.Tensor, generators: list[torch.Generator]) -> None:
     for row, gen in zip(out, generators, strict=True):
         row.normal_(generator=gen)
-
-
-def _recent_mean(history: list[tuple[int, float]], now: int) -> float:
-    """Mean of the values recorded in the later half of the steps so far (all of them if none)."""
-    recent = [value for step, value in history if step >= now / 2] or [value for _, value in history]
-    return sum(recent) / len(recent)
 
 
 def _select_state(state: Any, index: torch.Tensor, rows: int, params: dict[str, torch.Tensor]) -> Any:

@@ -19,24 +19,65 @@ Warning codes (each a dict ``{"code", "message", "chain"}``):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from . import defaults
+from . import tuning
+from .config import LLCConfig
 from .diagnostics import bulk_ess, chain_ess, split_rhat
 from .result import LLCResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .llc import _Run
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished (or stopped) run produced and resolved: everything the report is built from."""
+
+    config: LLCConfig  # as given
+    n: int
+    num_params: int
+    num_chains: int
+    nbeta: float
+    gamma: float
+    batch_size: int
+    device: str
+    device_reason: str
+    chain_mode: str
+    chain_mode_reason: str
+    chunk_size: int
+    init_loss: float
+    init_loss_samples: int
+    epsilon: float  # the sampling ε
+    h_star: float  # top Hessian eigenvalue at w* (NaN with a given ε)
+    h_seen: float  # largest top eigenvalue met at the chains
+    h_typ: float  # the chains' typical (mean) top eigenvalue
+    trace_typ: float | None  # the chains' typical Hessian trace
+    llc_warm: float | None  # the running λ̂ of warm-up
+    num_draws: int
+    num_burnin: int
+    explore_steps: int
+    settle_steps: int
+    burnin_restarts: int
+    steps_done: int  # steps per chain, burn-in and sampling
+    sample_losses: np.ndarray  # (sampling steps, chains): the loss at every sampling step
+    sample_steps_done: int
+    mala_sum: np.ndarray  # (chains,) sum of MALA acceptance probabilities
+    mala_count: np.ndarray  # (chains,) MALA evaluations
+    diverged: Mapping[int, dict[str, Any]]  # chain -> where and how it diverged
+    notes: tuple[dict[str, Any], ...]  # warnings raised while running
+    timings: Mapping[str, float]
+    stopped: bool  # the progress callback stopped the run
 
 
-def build_report(run: _Run, stopped: bool) -> LLCResult:
+def build_report(run: RunRecord) -> LLCResult:
+    stopped = run.stopped
     cfg = run.config
-    C = run.C
+    C = run.num_chains
     bw = cfg.num_steps_bw_draws
     auto = cfg.epsilon is None
-    losses = run.sample_losses.cpu().numpy()  # (steps, chains)
+    losses = run.sample_losses  # (steps, chains)
     steps_done = run.sample_steps_done
     draws = losses[:steps_done:bw].T.copy()  # (chains, draws done)
     draws = draws[:, : run.num_draws]
@@ -66,8 +107,8 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
     rhat = split_rhat(healthy_draws) if common >= 4 else float("nan")
     ess = bulk_ess(healthy_draws) if common >= 4 else float("nan")
     per_chain_ess = chain_ess(draws[:, : max(common, 0)]) if common >= 4 else np.full(C, np.nan)
-    mala_count = run.mala_count.cpu().numpy()
-    mala_sum = run.mala_sum.cpu().numpy()
+    mala_count = run.mala_count
+    mala_sum = run.mala_sum
     with np.errstate(invalid="ignore", divide="ignore"):
         mala_per_chain = np.where(mala_count > 0, mala_sum / np.maximum(mala_count, 1), np.nan)
     mala_healthy = mala_per_chain[healthy] if healthy else np.array([])
@@ -105,13 +146,13 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         "hessian_trace_typical": run.trace_typ,
         "warmup_llc": run.llc_warm,
         "predicted_relative_bias": (
-            run.epsilon * run.nbeta * run.trace_typ / 8 / max(run.llc_warm, defaults.LLC_FLOOR)
+            tuning.predicted_relative_bias(run.epsilon, run.nbeta, run.trace_typ, run.llc_warm)
             if run.trace_typ is not None and run.llc_warm is not None
             else None
         ),
         # Curvature facts exist only with the automatic ε (a given ε skips the Hessian passes).
-        "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma) if auto else None,
-        "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma) if auto else None,
+        "bias_factor_typical": tuning.bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma) if auto else None,
+        "bias_factor_worst": tuning.bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma) if auto else None,
         "burnin_restarts": run.burnin_restarts,
         "warnings": warnings,
     }
@@ -122,7 +163,7 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         num_draws=run.num_draws,
         num_burnin_steps=run.num_burnin,
         batch_size=run.batch_size,
-        device=str(run.device),
+        device=run.device,
         chain_mode=run.chain_mode,
         max_chains_per_chunk=run.chunk_size,
     )
@@ -144,22 +185,16 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
         stopped=stopped,
         epsilon=run.epsilon,
         gamma=run.gamma,
-        num_params=run.P,
+        num_params=run.num_params,
         init_loss_samples=run.init_loss_samples,
         extras={
             "device_reason": run.device_reason,
             "epsilon_auto": cfg.epsilon is None,
             "explore_steps": run.explore_steps,
             "settle_steps": run.settle_steps,
-            "explore_epsilon": run.epsilon * defaults.EXPLORE_FACTOR if cfg.epsilon is None else None,
+            "explore_epsilon": run.epsilon * tuning.EXPLORE_FACTOR if cfg.epsilon is None else None,
         },
     )
-
-
-def _bias_factor(epsilon: float, a: float) -> float:
-    """Quadratic discretisation bias factor 1/(1 - εa/4) at curvature a = nβ h + γ."""
-    x = epsilon * a / 4
-    return 1.0 / (1.0 - x) if x < 1 else float("inf")
 
 
 def _plateau_check(draws: np.ndarray, nbeta: float, llc_mean: float) -> dict[str, Any]:
@@ -205,7 +240,7 @@ def _dips_below(draws, counts, healthy, init_loss: float, nbeta: float) -> list[
     return out
 
 
-def _add_warnings(warnings, run, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy) -> None:
+def _add_warnings(warnings, run: RunRecord, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy) -> None:
     cfg = run.config
 
     def add(code: str, message: str, chain: int | None = None) -> None:
