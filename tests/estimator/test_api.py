@@ -120,17 +120,17 @@ def test_chain_exact_model_is_bit_identical_across_modes_and_chunking():
 )
 def test_auto_chain_mode_rule(classifier, monkeypatch, chain_exact, params_times_batch, expected):
     """auto: vmap when chain-exact; otherwise sequential on CPU once params x batch is large."""
-    import estimator.llc as llc_module
+    import estimator.problem as problem_module
     import estimator.tuning as tuning
 
-    real_probe = llc_module.probe_vmap
+    real_probe = problem_module.probe_vmap
 
     def probe(*args, **kwargs):
         found = real_probe(*args, **kwargs)
         found.chain_exact = chain_exact
         return found
 
-    monkeypatch.setattr(llc_module, "probe_vmap", probe)
+    monkeypatch.setattr(problem_module, "probe_vmap", probe)
     model, x, y = classifier
     work = sum(p.numel() for p in model.parameters()) * QUICK.batch_size
     monkeypatch.setattr(tuning, "SEQUENTIAL_MIN_WORK", max(1, work * (1 << 20) // params_times_batch))
@@ -317,14 +317,14 @@ def test_progress_events_bounded_and_stop(classifier):
         events.append(event)
         return not (event.phase == "sampling" and min(event.draws_done) >= 100)
 
-    import estimator.llc as llc_module
+    import estimator.phases as phases
 
-    old = llc_module.PROGRESS_INTERVAL_S
-    llc_module.PROGRESS_INTERVAL_S = 0.0  # report at every check so the test is fast and deterministic
+    old = phases.PROGRESS_INTERVAL_S
+    phases.PROGRESS_INTERVAL_S = 0.0  # report at every check so the test is fast and deterministic
     try:
         result = estimate_llc(model, (x, y), config=config, progress=stop_after_some_draws)
     finally:
-        llc_module.PROGRESS_INTERVAL_S = old
+        phases.PROGRESS_INTERVAL_S = old
     assert result.stopped
     assert any(w["code"] == "stopped" for w in result.warnings)
     done = events[-1].draws_done
@@ -492,10 +492,10 @@ def test_divergence_with_noise_prefetch_is_bit_identical(monkeypatch):
 
 
 def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
-    import estimator.llc as llc_module
+    import estimator.problem as problem_module
 
     model, x, y = classifier
-    monkeypatch.setattr(llc_module, "MAX_INIT_LOSS_SAMPLES", 100)
+    monkeypatch.setattr(problem_module, "MAX_INIT_LOSS_SAMPLES", 100)
     result = estimate_llc(model, (x, y), config=QUICK)
     assert result.init_loss_samples == 100 and result.n == 256
     assert any(w["code"] == "init_loss_subsample" for w in result.warnings)
@@ -503,16 +503,16 @@ def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
 
 def test_sequential_chains_share_one_chain_sized_noise_buffer(classifier, monkeypatch):
     """Memory: chunks draw their noise into one shared buffer of a chunk's size, not C·P of buffers."""
-    import estimator.llc as llc_module
+    import estimator.chains as chains_module
 
     filled = []
-    real_draw = llc_module._draw_normals
+    real_draw = chains_module._draw_normals
 
     def recording_draw(out, generators):
         filled.append((tuple(out.shape), out.data_ptr()))
         real_draw(out, generators)
 
-    monkeypatch.setattr(llc_module, "_draw_normals", recording_draw)
+    monkeypatch.setattr(chains_module, "_draw_normals", recording_draw)
     model, x, y = classifier
     P = sum(p.numel() for p in model.parameters())
     result = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode="sequential"))
