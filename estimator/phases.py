@@ -131,6 +131,12 @@ class BurnIn:
         self.settle_steps = 0
         self.restarts = 0
         self.settle_losses: torch.Tensor | None = None  # (settle steps, chains)
+        # Where the loop stands (set by ``run``).
+        self.block_losses: torch.Tensor | None = None  # (CHECK_EVERY, chains): exploration losses since the last check
+        self.exploring = False
+        self.next_check: int | None = None  # step of the stage at which the curvature is measured next
+        self.since_check = 0  # steps since the last divergence check (not reset between stages)
+        self.t = 0  # steps of the current stage
 
     def _explore_length(self) -> int:
         return tuning.explore_length(self.parts.problem.config.num_burnin_steps, self.parts.step.step,
@@ -153,9 +159,9 @@ class BurnIn:
         self.settle_steps = 0
         self.exploring = step.auto
         step.set_stage(self.exploring)
-        self.next_check = 1 if step.auto else None  # step of the next curvature measurement
-        self.since_check = 0  # steps since the last divergence check
-        self.t = 0  # steps of the current stage
+        self.next_check = 1 if step.auto else None
+        self.since_check = 0
+        self.t = 0
         while True:
             if self.exploring:
                 if self.t >= self._explore_length():
