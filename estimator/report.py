@@ -19,38 +19,136 @@ Warning codes (each a dict ``{"code", "message", "chain"}``):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from . import defaults
+from . import tuning
+from .config import LLCConfig
 from .diagnostics import bulk_ess, chain_ess, split_rhat
 from .result import LLCResult
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .llc import _Run
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished (or stopped) run produced and resolved: everything the report is built from."""
+
+    config: LLCConfig  # as given
+    n: int
+    num_params: int
+    num_chains: int
+    nbeta: float
+    gamma: float
+    batch_size: int
+    device: str
+    device_reason: str
+    chain_mode: str
+    chain_mode_reason: str
+    chunk_size: int
+    init_loss: float
+    init_loss_samples: int
+    epsilon: float  # the sampling ε
+    h_star: float  # top Hessian eigenvalue at w* (NaN with a given ε)
+    h_seen: float  # largest top eigenvalue met at the chains
+    h_typ: float  # the chains' typical (mean) top eigenvalue
+    trace_typ: float | None  # the chains' typical Hessian trace
+    llc_warm: float | None  # the running λ̂ of warm-up
+    num_draws: int
+    num_burnin: int
+    explore_steps: int
+    settle_steps: int
+    burnin_restarts: int
+    steps_done: int  # steps per chain, burn-in and sampling
+    sample_losses: np.ndarray  # (sampling steps, chains): the loss at every sampling step
+    sample_steps_done: int
+    mala_sum: np.ndarray  # (chains,) sum of MALA acceptance probabilities
+    mala_count: np.ndarray  # (chains,) MALA evaluations
+    diverged: Mapping[int, dict[str, Any]]  # chain -> where and how it diverged
+    notes: tuple[dict[str, Any], ...]  # warnings raised while running
+    timings: Mapping[str, float]
+    stopped: bool  # the progress callback stopped the run
 
 
-def build_report(run: _Run, stopped: bool) -> LLCResult:
+def build_report(run: RunRecord) -> LLCResult:
     cfg = run.config
-    C = run.C
-    bw = cfg.num_steps_bw_draws
-    auto = cfg.epsilon is None
-    losses = run.sample_losses.cpu().numpy()  # (steps, chains)
-    steps_done = run.sample_steps_done
-    draws = losses[:steps_done:bw].T.copy()  # (chains, draws done)
+    draws, counts = _draws(run)
+    est = _estimates(run, draws, counts)
+    mix = _mixing(run, draws, counts, est.healthy)
+    warnings: list[dict[str, Any]] = list(run.notes)
+    plateau = _plateau_check(mix.healthy_draws, run.nbeta, est.llc_mean)
+    dips = _dips_below(draws, counts, est.healthy, run.init_loss, run.nbeta)
+    _add_warnings(warnings, run, run.stopped, est.llc_mean, mix.rhat, mix.ess, mix.mala, plateau, dips, est.healthy)
+    diagnostics: dict[str, Any] = {
+        "split_rhat": mix.rhat,
+        "bulk_ess": mix.ess,
+        "mala_acceptance": mix.mala,
+        "mala_acceptance_per_chain": mix.mala_per_chain,
+        "mala_evaluations": int(run.mala_count.sum()),
+        "per_chain": _per_chain(run, draws, counts, mix.per_chain_ess, est.llc_per_chain),
+        "diverged_chains": sorted(run.diverged),
+        "divergences": [run.diverged[c] for c in sorted(run.diverged)],
+        "plateau": plateau,
+        **_curvature_diagnostics(run),
+        "burnin_restarts": run.burnin_restarts,
+        "warnings": warnings,
+    }
+    return LLCResult(
+        llc_mean=est.llc_mean,
+        llc_std=est.llc_std,
+        llc_per_chain=est.llc_per_chain,
+        init_loss=run.init_loss,
+        loss_trace=draws,
+        llc_trace=est.llc_trace,
+        nbeta=run.nbeta,
+        n=run.n,
+        config=_resolved_config(run),
+        diagnostics=diagnostics,
+        warnings=warnings,
+        timings=dict(run.timings),
+        chain_mode=run.chain_mode,
+        chain_mode_reason=run.chain_mode_reason,
+        stopped=run.stopped,
+        epsilon=run.epsilon,
+        gamma=run.gamma,
+        num_params=run.num_params,
+        init_loss_samples=run.init_loss_samples,
+        extras={
+            "device_reason": run.device_reason,
+            "epsilon_auto": cfg.epsilon is None,
+            "explore_steps": run.explore_steps,
+            "settle_steps": run.settle_steps,
+            "explore_epsilon": run.epsilon * tuning.EXPLORE_FACTOR if cfg.epsilon is None else None,
+        },
+    )
+
+
+def _draws(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The draws (chains × draws done; NaN from a diverged chain's first bad step) and their counts."""
+    losses = run.sample_losses  # (steps, chains)
+    draws = losses[: run.sample_steps_done : run.config.num_steps_bw_draws].T.copy()  # (chains, draws done)
     draws = draws[:, : run.num_draws]
     for c, info in run.diverged.items():
         draws[c, info["draws_done"] :] = np.nan
-    counts = np.isfinite(draws).sum(axis=1)
+    return draws, np.isfinite(draws).sum(axis=1)
 
-    nbeta = run.nbeta
-    init_loss = run.init_loss
+
+@dataclass(frozen=True)
+class _Estimates:
+    llc_trace: np.ndarray  # (chains, draws): the running λ̂ of each chain
+    llc_per_chain: np.ndarray
+    healthy: list[int]  # chains with an estimate
+    llc_mean: float
+    llc_std: float
+
+
+def _estimates(run: RunRecord, draws: np.ndarray, counts: np.ndarray) -> _Estimates:
+    nbeta, init_loss, C = run.nbeta, run.init_loss, run.num_chains
     with np.errstate(invalid="ignore", divide="ignore"):
         running_mean = np.nancumsum(draws, axis=1) / np.maximum(1, np.cumsum(np.isfinite(draws), axis=1))
     llc_trace = nbeta * (running_mean - init_loss)
     llc_trace[~np.isfinite(draws)] = np.nan
-
     llc_per_chain = np.full(C, np.nan)
     for c in range(C):
         if c not in run.diverged and counts[c] > 0:
@@ -59,107 +157,81 @@ def build_report(run: _Run, stopped: bool) -> LLCResult:
     values = llc_per_chain[healthy]
     llc_mean = float(values.mean()) if values.size else float("nan")
     llc_std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    return _Estimates(llc_trace, llc_per_chain, healthy, llc_mean, llc_std)
 
-    # Diagnostics on the healthy chains' common stretch of draws.
+
+@dataclass(frozen=True)
+class _Mixing:
+    healthy_draws: np.ndarray  # the healthy chains' common stretch of draws
+    rhat: float
+    ess: float
+    per_chain_ess: np.ndarray
+    mala_per_chain: np.ndarray
+    mala: float  # mean over the healthy chains
+
+
+def _mixing(run: RunRecord, draws: np.ndarray, counts: np.ndarray, healthy: list[int]) -> _Mixing:
+    """Mixing diagnostics on the healthy chains' common stretch of draws, and the MALA acceptance."""
     common = int(counts[healthy].min()) if healthy else 0
     healthy_draws = draws[healthy, :common] if healthy else np.zeros((0, 0))
     rhat = split_rhat(healthy_draws) if common >= 4 else float("nan")
     ess = bulk_ess(healthy_draws) if common >= 4 else float("nan")
-    per_chain_ess = chain_ess(draws[:, : max(common, 0)]) if common >= 4 else np.full(C, np.nan)
-    mala_count = run.mala_count.cpu().numpy()
-    mala_sum = run.mala_sum.cpu().numpy()
+    per_chain_ess = chain_ess(draws[:, : max(common, 0)]) if common >= 4 else np.full(run.num_chains, np.nan)
+    mala_count, mala_sum = run.mala_count, run.mala_sum
     with np.errstate(invalid="ignore", divide="ignore"):
         mala_per_chain = np.where(mala_count > 0, mala_sum / np.maximum(mala_count, 1), np.nan)
     mala_healthy = mala_per_chain[healthy] if healthy else np.array([])
     mala = float(np.nanmean(mala_healthy)) if np.any(np.isfinite(mala_healthy)) else float("nan")
+    return _Mixing(healthy_draws, rhat, ess, per_chain_ess, mala_per_chain, mala)
 
-    warnings: list[dict[str, Any]] = list(run.notes)
-    plateau = _plateau_check(healthy_draws, nbeta, llc_mean)
-    dips = _dips_below(draws, counts, healthy, init_loss, nbeta)
-    _add_warnings(warnings, run, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy)
 
-    diagnostics: dict[str, Any] = {
-        "split_rhat": rhat,
-        "bulk_ess": ess,
-        "mala_acceptance": mala,
-        "mala_acceptance_per_chain": mala_per_chain,
-        "mala_evaluations": int(mala_count.sum()),
-        "per_chain": [
-            {
-                "chain": c,
-                "draws": int(counts[c]),
-                "mean_loss": float(np.mean(draws[c, : counts[c]])) if counts[c] else float("nan"),
-                "var_loss": float(np.var(draws[c, : counts[c]], ddof=1)) if counts[c] > 1 else float("nan"),
-                "ess": float(per_chain_ess[c]) if c < len(per_chain_ess) else float("nan"),
-                "llc": float(llc_per_chain[c]),
-                "diverged": c in run.diverged,
-            }
-            for c in range(C)
-        ],
-        "diverged_chains": sorted(run.diverged),
-        "divergences": [run.diverged[c] for c in sorted(run.diverged)],
-        "plateau": plateau,
+def _per_chain(run: RunRecord, draws, counts, per_chain_ess, llc_per_chain) -> list[dict[str, Any]]:
+    return [
+        {
+            "chain": c,
+            "draws": int(counts[c]),
+            "mean_loss": float(np.mean(draws[c, : counts[c]])) if counts[c] else float("nan"),
+            "var_loss": float(np.var(draws[c, : counts[c]], ddof=1)) if counts[c] > 1 else float("nan"),
+            "ess": float(per_chain_ess[c]) if c < len(per_chain_ess) else float("nan"),
+            "llc": float(llc_per_chain[c]),
+            "diverged": c in run.diverged,
+        }
+        for c in range(run.num_chains)
+    ]
+
+
+def _curvature_diagnostics(run: RunRecord) -> dict[str, Any]:
+    # Curvature facts exist only with the automatic ε (a given ε skips the Hessian passes).
+    auto = run.config.epsilon is None
+    return {
         "top_hessian_eigenvalue_at_w_star": run.h_star,
         "top_hessian_eigenvalue_seen": run.h_seen if auto else None,
         "top_hessian_eigenvalue_typical": run.h_typ if auto else None,
         "hessian_trace_typical": run.trace_typ,
         "warmup_llc": run.llc_warm,
         "predicted_relative_bias": (
-            run.epsilon * run.nbeta * run.trace_typ / 8 / max(run.llc_warm, defaults.LLC_FLOOR)
+            tuning.predicted_relative_bias(run.epsilon, run.nbeta, run.trace_typ, run.llc_warm)
             if run.trace_typ is not None and run.llc_warm is not None
             else None
         ),
-        # Curvature facts exist only with the automatic ε (a given ε skips the Hessian passes).
-        "bias_factor_typical": _bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma) if auto else None,
-        "bias_factor_worst": _bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma) if auto else None,
-        "burnin_restarts": run.burnin_restarts,
-        "warnings": warnings,
+        "bias_factor_typical": tuning.bias_factor(run.epsilon, run.nbeta * run.h_typ + run.gamma) if auto else None,
+        "bias_factor_worst": tuning.bias_factor(run.epsilon, run.nbeta * run.h_seen + run.gamma) if auto else None,
     }
-    resolved = cfg.replace(
+
+
+def _resolved_config(run: RunRecord) -> LLCConfig:
+    """The config with every automatic choice filled in."""
+    return run.config.replace(
         epsilon=run.epsilon,
         gamma=run.gamma,
-        nbeta=nbeta,
+        nbeta=run.nbeta,
         num_draws=run.num_draws,
         num_burnin_steps=run.num_burnin,
         batch_size=run.batch_size,
-        device=str(run.device),
+        device=run.device,
         chain_mode=run.chain_mode,
         max_chains_per_chunk=run.chunk_size,
     )
-    return LLCResult(
-        llc_mean=llc_mean,
-        llc_std=llc_std,
-        llc_per_chain=llc_per_chain,
-        init_loss=init_loss,
-        loss_trace=draws,
-        llc_trace=llc_trace,
-        nbeta=nbeta,
-        n=run.n,
-        config=resolved,
-        diagnostics=diagnostics,
-        warnings=warnings,
-        timings=dict(run.timings),
-        chain_mode=run.chain_mode,
-        chain_mode_reason=run.chain_mode_reason,
-        stopped=stopped,
-        epsilon=run.epsilon,
-        gamma=run.gamma,
-        num_params=run.P,
-        init_loss_samples=run.init_loss_samples,
-        extras={
-            "device_reason": run.device_reason,
-            "epsilon_auto": cfg.epsilon is None,
-            "explore_steps": run.explore_steps,
-            "settle_steps": run.settle_steps,
-            "explore_epsilon": run.epsilon * defaults.EXPLORE_FACTOR if cfg.epsilon is None else None,
-        },
-    )
-
-
-def _bias_factor(epsilon: float, a: float) -> float:
-    """Quadratic discretisation bias factor 1/(1 - εa/4) at curvature a = nβ h + γ."""
-    x = epsilon * a / 4
-    return 1.0 / (1.0 - x) if x < 1 else float("inf")
 
 
 def _plateau_check(draws: np.ndarray, nbeta: float, llc_mean: float) -> dict[str, Any]:
@@ -205,7 +277,7 @@ def _dips_below(draws, counts, healthy, init_loss: float, nbeta: float) -> list[
     return out
 
 
-def _add_warnings(warnings, run, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy) -> None:
+def _add_warnings(warnings, run: RunRecord, stopped, llc_mean, rhat, ess, mala, plateau, dips, healthy) -> None:
     cfg = run.config
 
     def add(code: str, message: str, chain: int | None = None) -> None:

@@ -1,18 +1,9 @@
 """SG-MCMC kernels for the localized tempered posterior ``exp(-nβ L(w) - γ/2 ||w - w*||²)``.
 
-One kernel per module, each ``build(...) -> (init, update)`` in the style of blackjax/posteriors:
-
-- ``init(params, noise) -> state``: the sampler state for a tree (dict) of stacked per-chain
-  parameters, leading dimension = chains.
-- ``update(state, grads, noise) -> state``: one step, given the minibatch loss gradients
-  ``∇L_B`` (same tree) and standard normal noise (same tree, drawn by the caller from each chain's
-  own generator). The update is done in place on the state's tensors (no per-step allocation) and
-  the same state is returned.
-
-Randomness stays outside: a kernel is a deterministic function of its inputs, which is what makes
-runs bit-identical whichever way chains are batched. Each kernel also exposes
-``drift_scale(state)``: the per-coordinate multiplier of its step (None for plain SGLD), which the
-driver uses for the MALA acceptance diagnostic and the curvature probes.
+One kernel per module, each ``build(gamma, nbeta, w_star, ...) -> Kernel(init, update, ...)`` in the
+style of blackjax/posteriors; the protocol, the state's shape and the localized drift are in
+``base.py``. The step size ε is an argument of ``init``/``update``, and the noise comes from the
+caller (each chain's own generator).
 """
 
 from __future__ import annotations

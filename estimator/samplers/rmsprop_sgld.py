@@ -12,52 +12,43 @@ is then an exact preconditioned Langevin discretisation with a constant diagonal
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-Tree = dict[str, torch.Tensor]
+from .base import Kernel, Tree
 
 
-class RMSpropSGLDState(NamedTuple):
+@dataclass
+class RMSpropSGLDState:
     params: Tree
     square_avg: Tree
     precond: Tree  # M, recomputed every step until frozen
-    step: list[int]  # a one-element list: the step counter (mutable, so update stays in place)
-    frozen: list[bool]
-
-
-class RMSpropSGLDKernel(NamedTuple):
-    init: object
-    update: object
-    drift_scale: object
-    freeze: object
+    step: int = 0
+    frozen: bool = False
 
 
 def build(
-    epsilon: float, gamma: float, nbeta: float, w_star: Tree, alpha: float = 0.99, delta: float = 0.1
-) -> RMSpropSGLDKernel:
-    half_eps = epsilon / 2
-
-    def init(params: Tree, noise: Tree | None = None) -> RMSpropSGLDState:
+    gamma: float, nbeta: float, w_star: Tree, alpha: float = 0.99, delta: float = 0.1
+) -> Kernel[RMSpropSGLDState]:
+    def init(params: Tree, noise: Tree | None = None, epsilon: float | None = None) -> RMSpropSGLDState:
         return RMSpropSGLDState(
             params=params,
             square_avg={k: torch.zeros_like(v) for k, v in params.items()},
             precond={k: torch.full_like(v, 1.0 / delta) for k, v in params.items()},
-            step=[0],
-            frozen=[False],
         )
 
-    def update(state: RMSpropSGLDState, grads: Tree, noise: Tree) -> RMSpropSGLDState:
-        if not state.frozen[0]:
-            state.step[0] += 1
-            correction = 1.0 - alpha ** state.step[0]
+    def update(state: RMSpropSGLDState, grads: Tree, noise: Tree, epsilon: float) -> RMSpropSGLDState:
+        if not state.frozen:
+            state.step += 1
+            correction = 1.0 - alpha**state.step
             for name, g in grads.items():
                 v = state.square_avg[name]
                 v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
                 m = state.precond[name]
                 torch.div(v, correction, out=m)
                 m.sqrt_().add_(delta).reciprocal_()
+        half_eps = epsilon / 2
         for name, w in state.params.items():
             m = state.precond[name]
             drift = torch.add(grads[name], w - w_star[name], alpha=gamma / nbeta).mul_(nbeta)
@@ -68,8 +59,7 @@ def build(
     def drift_scale(state: RMSpropSGLDState) -> Tree:
         return state.precond
 
-    def freeze(state: RMSpropSGLDState) -> RMSpropSGLDState:
-        state.frozen[0] = True
-        return state
+    def freeze(state: RMSpropSGLDState) -> None:
+        state.frozen = True
 
-    return RMSpropSGLDKernel(init, update, drift_scale, freeze)
+    return Kernel(init, update, drift_scale, freeze)

@@ -12,39 +12,32 @@ bias in general, at the same cost per step (one extra buffer of noise per chain)
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
-import torch
-
-Tree = dict[str, torch.Tensor]
+from .base import Kernel, Tree
 
 
-class SGLDState(NamedTuple):
+@dataclass
+class SGLDState:
     params: Tree
     prev_noise: Tree | None  # the previous step's normals (LM variant only)
 
 
-class SGLDKernel(NamedTuple):
-    init: object
-    update: object
-    drift_scale: object  # per-coordinate step multiplier (None: 1), for MALA and curvature
-
-
-def build(epsilon: float, gamma: float, nbeta: float, w_star: Tree, noise: str = "iid") -> SGLDKernel:
+def build(gamma: float, nbeta: float, w_star: Tree, noise: str = "iid") -> Kernel[SGLDState]:
     if noise not in ("iid", "lm"):
         raise ValueError(f"SGLD noise must be 'iid' or 'lm'; got {noise!r}")
-    pull = epsilon * gamma / 2  # weight of the localizing pull towards w*
-    grad_step = -epsilon * nbeta / 2
-    noise_scale = math.sqrt(epsilon)
 
-    def init(params: Tree, first_noise: Tree | None = None) -> SGLDState:
+    def init(params: Tree, first_noise: Tree | None = None, epsilon: float | None = None) -> SGLDState:
         if noise == "lm":
             if first_noise is None:
                 raise ValueError("the LM variant needs the first step's noise at init")
             return SGLDState(params, {k: v.clone() for k, v in first_noise.items()})
         return SGLDState(params, None)
 
-    def update(state: SGLDState, grads: Tree, step_noise: Tree) -> SGLDState:
+    def update(state: SGLDState, grads: Tree, step_noise: Tree, epsilon: float) -> SGLDState:
+        pull = epsilon * gamma / 2  # weight of the localizing pull towards w*
+        grad_step = -epsilon * nbeta / 2
+        noise_scale = math.sqrt(epsilon)
         for name, w in state.params.items():
             # w - (εγ/2)(w - w*)  ==  lerp(w, w*, εγ/2)
             w.lerp_(w_star[name], pull)
@@ -58,7 +51,4 @@ def build(epsilon: float, gamma: float, nbeta: float, w_star: Tree, noise: str =
                 prev.copy_(step_noise[name])
         return state
 
-    def drift_scale(state: SGLDState) -> None:
-        return None
-
-    return SGLDKernel(init, update, drift_scale)
+    return Kernel(init, update)

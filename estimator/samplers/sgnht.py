@@ -12,29 +12,22 @@ The thermostat drives the kinetic energy mean(q²) to ε, absorbing unknown grad
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-Tree = dict[str, torch.Tensor]
+from .base import Kernel, Tree
 
 
-class SGNHTState(NamedTuple):
+@dataclass
+class SGNHTState:
     params: Tree
     momentum: Tree
     thermostat: torch.Tensor  # (chains,)
 
 
-class SGNHTKernel(NamedTuple):
-    init: object
-    update: object
-    drift_scale: object
-
-
-def build(epsilon: float, gamma: float, nbeta: float, w_star: Tree, diffusion: float = 0.01) -> SGNHTKernel:
-    noise_scale = math.sqrt(2 * diffusion * epsilon)
-
-    def init(params: Tree, noise: Tree) -> SGNHTState:
+def build(gamma: float, nbeta: float, w_star: Tree, diffusion: float = 0.01) -> Kernel[SGNHTState]:
+    def init(params: Tree, noise: Tree, epsilon: float) -> SGNHTState:
         first = next(iter(params.values()))
         return SGNHTState(
             params=params,
@@ -42,7 +35,8 @@ def build(epsilon: float, gamma: float, nbeta: float, w_star: Tree, diffusion: f
             thermostat=torch.full((first.shape[0],), diffusion, dtype=first.dtype, device=first.device),
         )
 
-    def update(state: SGNHTState, grads: Tree, noise: Tree) -> SGNHTState:
+    def update(state: SGNHTState, grads: Tree, noise: Tree, epsilon: float) -> SGNHTState:
+        noise_scale = math.sqrt(2 * diffusion * epsilon)
         energy = torch.zeros_like(state.thermostat)
         count = 0
         for name, w in state.params.items():
@@ -58,7 +52,4 @@ def build(epsilon: float, gamma: float, nbeta: float, w_star: Tree, diffusion: f
         state.thermostat.add_(energy / count - epsilon)
         return state
 
-    def drift_scale(state: SGNHTState) -> None:
-        return None
-
-    return SGNHTKernel(init, update, drift_scale)
+    return Kernel(init, update)

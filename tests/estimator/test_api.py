@@ -120,20 +120,20 @@ def test_chain_exact_model_is_bit_identical_across_modes_and_chunking():
 )
 def test_auto_chain_mode_rule(classifier, monkeypatch, chain_exact, params_times_batch, expected):
     """auto: vmap when chain-exact; otherwise sequential on CPU once params x batch is large."""
-    import estimator.defaults as defaults
-    import estimator.llc as llc_module
+    import estimator.problem as problem_module
+    import estimator.tuning as tuning
 
-    real_probe = llc_module.probe_vmap
+    real_probe = problem_module.probe_vmap
 
     def probe(*args, **kwargs):
         found = real_probe(*args, **kwargs)
         found.chain_exact = chain_exact
         return found
 
-    monkeypatch.setattr(llc_module, "probe_vmap", probe)
+    monkeypatch.setattr(problem_module, "probe_vmap", probe)
     model, x, y = classifier
     work = sum(p.numel() for p in model.parameters()) * QUICK.batch_size
-    monkeypatch.setattr(defaults, "SEQUENTIAL_MIN_WORK", max(1, work * (1 << 20) // params_times_batch))
+    monkeypatch.setattr(tuning, "SEQUENTIAL_MIN_WORK", max(1, work * (1 << 20) // params_times_batch))
     result = estimate_llc(model, (x, y), config=QUICK)
     assert result.chain_mode == expected
     assert ("differ in the last bits" in result.chain_mode_reason) is (not chain_exact)
@@ -142,7 +142,7 @@ def test_auto_chain_mode_rule(classifier, monkeypatch, chain_exact, params_times
 
 def test_auto_device_keeps_tiny_models_on_the_cpu(classifier, monkeypatch):
     """device="auto": CUDA only when a step is big enough to beat launch latency, and the reason is given."""
-    import estimator.defaults as defaults
+    import estimator.tuning as tuning
 
     model, x, y = classifier
     if not torch.cuda.is_available():
@@ -151,11 +151,11 @@ def test_auto_device_keeps_tiny_models_on_the_cpu(classifier, monkeypatch):
         # Pretend there is one: a step of this classifier is far below the threshold.
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     params = sum(p.numel() for p in model.parameters())
-    assert defaults.step_work(QUICK.num_chains, params, QUICK.batch_size) < defaults.CUDA_MIN_WORK
+    assert tuning.step_work(QUICK.num_chains, params, QUICK.batch_size) < tuning.CUDA_MIN_WORK
     result = estimate_llc(model, (x, y), config=QUICK.replace(num_draws=5, num_burnin_steps=0))
     assert result.config.device == "cpu"
     assert "too small for a GPU to pay off" in result.extras["device_reason"]
-    assert f"= {defaults.step_work(QUICK.num_chains, params, QUICK.batch_size):,} <" in result.extras["device_reason"]
+    assert f"= {tuning.step_work(QUICK.num_chains, params, QUICK.batch_size):,} <" in result.extras["device_reason"]
 
 
 def test_untraceable_kernel_runs_eager_with_the_same_result(classifier, monkeypatch):
@@ -194,8 +194,8 @@ def test_traced_graph_is_shared_only_between_models_that_compute_the_same(classi
     """The process-wide cache: another instance of the same structure reuses the graph; an instance
     whose forward differs (here a float attribute baked into the graph) fails the bitwise check and
     is traced afresh, with the same results as eager kernels."""
-    import estimator.defaults as defaults
     import estimator.functional as functional
+    import estimator.tuning as tuning
 
     monkeypatch.setattr(functional, "_graph_cache", type(functional._graph_cache)())
     _, x, y = classifier
@@ -206,7 +206,7 @@ def test_traced_graph_is_shared_only_between_models_that_compute_the_same(classi
     assert "traced by an earlier call on a model of the same structure" in same.chain_mode_reason
     assert "same structure" not in other.chain_mode_reason and "traced aten graph" in other.chain_mode_reason
     assert np.array_equal(first.loss_trace, same.loss_trace)
-    monkeypatch.setattr(defaults, "TRACE_KERNELS", False)
+    monkeypatch.setattr(tuning, "TRACE_KERNELS", False)
     other_eager = estimate_llc(_Scaled(2.0), (x, y), config=QUICK)
     assert np.array_equal(other.loss_trace, other_eager.loss_trace)
     assert not np.array_equal(other.loss_trace, first.loss_trace)
@@ -249,12 +249,12 @@ def test_a_cached_graph_is_not_reused_for_a_model_that_differs_only_away_from_w_
 
 
 def test_traced_kernels_are_bit_identical_to_eager(classifier, monkeypatch):
-    import estimator.defaults as defaults
+    import estimator.tuning as tuning
 
     model, x, y = classifier
     config = LLCConfig(seed=1, num_chains=2, num_draws=30, num_burnin_steps=200)  # automatic ε and warm-up
     traced = estimate_llc(model, (x, y), config=config)
-    monkeypatch.setattr(defaults, "TRACE_KERNELS", False)
+    monkeypatch.setattr(tuning, "TRACE_KERNELS", False)
     eager = estimate_llc(model, (x, y), config=config)
     assert "traced aten graph" in traced.chain_mode_reason
     assert traced.epsilon == eager.epsilon
@@ -317,14 +317,14 @@ def test_progress_events_bounded_and_stop(classifier):
         events.append(event)
         return not (event.phase == "sampling" and min(event.draws_done) >= 100)
 
-    import estimator.llc as llc_module
+    import estimator.phases as phases
 
-    old = llc_module.PROGRESS_INTERVAL_S
-    llc_module.PROGRESS_INTERVAL_S = 0.0  # report at every check so the test is fast and deterministic
+    old = phases.PROGRESS_INTERVAL_S
+    phases.PROGRESS_INTERVAL_S = 0.0  # report at every check so the test is fast and deterministic
     try:
         result = estimate_llc(model, (x, y), config=config, progress=stop_after_some_draws)
     finally:
-        llc_module.PROGRESS_INTERVAL_S = old
+        phases.PROGRESS_INTERVAL_S = old
     assert result.stopped
     assert any(w["code"] == "stopped" for w in result.warnings)
     done = events[-1].draws_done
@@ -452,18 +452,18 @@ def test_export_module_with_static_batch(classifier):
 
 
 def test_noise_prefetch_is_bit_identical(classifier, monkeypatch):
-    import estimator.defaults as defaults
+    import estimator.tuning as tuning
 
     model, x, y = classifier
     base = estimate_llc(model, (x, y), config=QUICK)
-    monkeypatch.setattr(defaults, "PREFETCH_MIN_ELEMENTS", 0)  # background noise thread on
+    monkeypatch.setattr(tuning, "PREFETCH_MIN_ELEMENTS", 0)  # background noise thread on
     prefetched = estimate_llc(model, (x, y), config=QUICK)
     assert np.array_equal(base.loss_trace, prefetched.loss_trace)
     assert base.llc_mean == prefetched.llc_mean
     # Divergence drops rows while a prefetch is pending: the survivors' noise stays aligned.
     auto = LLCConfig(seed=2, num_chains=3, num_draws=30, num_burnin_steps=100)
     a = estimate_llc(model, (x, y), config=auto)
-    monkeypatch.setattr(defaults, "PREFETCH_MIN_ELEMENTS", 10**12)
+    monkeypatch.setattr(tuning, "PREFETCH_MIN_ELEMENTS", 10**12)
     b = estimate_llc(model, (x, y), config=auto)
     assert np.array_equal(a.loss_trace, b.loss_trace)
 
@@ -476,7 +476,7 @@ def test_explicit_epsilon_skips_curvature(classifier):
 
 
 def test_divergence_with_noise_prefetch_is_bit_identical(monkeypatch):
-    import estimator.defaults as defaults
+    import estimator.tuning as tuning
 
     x = torch.zeros(100, 1)
     config = CLIFF_CONFIG
@@ -485,17 +485,17 @@ def test_divergence_with_noise_prefetch_is_bit_identical(monkeypatch):
         return estimate_llc(_Cliff(), (x, torch.zeros(100, 1)), loss=lambda out, t: out.mean(), config=config)
 
     plain = run()
-    monkeypatch.setattr(defaults, "PREFETCH_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(tuning, "PREFETCH_MIN_ELEMENTS", 0)
     prefetched = run()
     assert plain.diagnostics["diverged_chains"] and len(plain.diagnostics["diverged_chains"]) < 8
     np.testing.assert_array_equal(plain.loss_trace, prefetched.loss_trace)
 
 
 def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
-    import estimator.llc as llc_module
+    import estimator.problem as problem_module
 
     model, x, y = classifier
-    monkeypatch.setattr(llc_module, "MAX_INIT_LOSS_SAMPLES", 100)
+    monkeypatch.setattr(problem_module, "MAX_INIT_LOSS_SAMPLES", 100)
     result = estimate_llc(model, (x, y), config=QUICK)
     assert result.init_loss_samples == 100 and result.n == 256
     assert any(w["code"] == "init_loss_subsample" for w in result.warnings)
@@ -503,16 +503,16 @@ def test_huge_n_uses_a_stated_init_loss_subsample(classifier, monkeypatch):
 
 def test_sequential_chains_share_one_chain_sized_noise_buffer(classifier, monkeypatch):
     """Memory: chunks draw their noise into one shared buffer of a chunk's size, not C·P of buffers."""
-    import estimator.llc as llc_module
+    import estimator.chains as chains_module
 
     filled = []
-    real_draw = llc_module._draw_normals
+    real_draw = chains_module._draw_normals
 
     def recording_draw(out, generators):
         filled.append((tuple(out.shape), out.data_ptr()))
         real_draw(out, generators)
 
-    monkeypatch.setattr(llc_module, "_draw_normals", recording_draw)
+    monkeypatch.setattr(chains_module, "_draw_normals", recording_draw)
     model, x, y = classifier
     P = sum(p.numel() for p in model.parameters())
     result = estimate_llc(model, (x, y), config=QUICK.replace(chain_mode="sequential"))

@@ -19,6 +19,7 @@ from torch import nn
 
 from estimator import LLCConfig, estimate_llc
 from estimator.samplers import rmsprop_sgld, sgld, sgnht
+from estimator.samplers.base import localized_drift, select_chains
 
 
 class Quadratic(nn.Module):
@@ -132,30 +133,32 @@ def test_sgld_kernel_is_the_paper_update():
     grads = {"w": torch.tensor([[0.2, -0.4]])}
     noise = {"w": torch.tensor([[0.3, 0.1]])}
     eps, gamma, nbeta = 0.01, 5.0, 100.0
-    kernel = sgld.build(eps, gamma, nbeta, w_star)
-    state = kernel.init({"w": w.clone()})
-    state = kernel.update(state, grads, noise)
+    kernel = sgld.build(gamma, nbeta, w_star)
+    state = kernel.init({"w": w.clone()}, noise, eps)
+    state = kernel.update(state, grads, noise, eps)
     expected = w - eps / 2 * (nbeta * grads["w"] + gamma * (w - w_star["w"])) + math.sqrt(eps) * noise["w"]
     torch.testing.assert_close(state.params["w"], expected)
 
 
 def test_rmsprop_kernel_freezes_its_preconditioner():
     w_star = {"w": torch.zeros(1, 3)}
-    kernel = rmsprop_sgld.build(1e-3, 1.0, 10.0, w_star)
-    state = kernel.init({"w": torch.zeros(1, 3)})
+    kernel = rmsprop_sgld.build(1.0, 10.0, w_star)
+    zeros = {"w": torch.zeros(1, 3)}
+    state = kernel.init({"w": torch.zeros(1, 3)}, zeros, 1e-3)
     for g in (1.0, 2.0):
-        kernel.update(state, {"w": torch.full((1, 3), g)}, {"w": torch.zeros(1, 3)})
-    frozen = kernel.freeze(state).precond["w"].clone()
-    kernel.update(state, {"w": torch.full((1, 3), 100.0)}, {"w": torch.zeros(1, 3)})
+        kernel.update(state, {"w": torch.full((1, 3), g)}, zeros, 1e-3)
+    kernel.freeze(state)
+    frozen = state.precond["w"].clone()
+    kernel.update(state, {"w": torch.full((1, 3), 100.0)}, zeros, 1e-3)
     torch.testing.assert_close(state.precond["w"], frozen)
 
 
 def test_sgnht_thermostat_is_per_chain():
     w_star = {"w": torch.zeros(2, 4)}
-    kernel = sgnht.build(1e-2, 1.0, 1.0, w_star)
-    state = kernel.init({"w": torch.zeros(2, 4)}, {"w": torch.ones(2, 4)})
+    kernel = sgnht.build(1.0, 1.0, w_star)
+    state = kernel.init({"w": torch.zeros(2, 4)}, {"w": torch.ones(2, 4)}, 1e-2)
     kernel.update(
-        state, {"w": torch.stack([torch.zeros(4), torch.full((4,), 10.0)])}, {"w": torch.zeros(2, 4)}
+        state, {"w": torch.stack([torch.zeros(4), torch.full((4,), 10.0)])}, {"w": torch.zeros(2, 4)}, 1e-2
     )
     assert state.thermostat.shape == (2,)
     assert state.thermostat[0] != state.thermostat[1]
@@ -169,12 +172,49 @@ def test_leimkuhler_matthews_noise_has_exact_gaussian_variance():
     results = {}
     for noise in ("iid", "lm"):
         w_star = {"w": torch.zeros(chains, 1, dtype=torch.float64)}
-        kernel = sgld.build(epsilon, gamma=a, nbeta=1.0, w_star=w_star, noise=noise)
+        kernel = sgld.build(gamma=a, nbeta=1.0, w_star=w_star, noise=noise)
         first = {"w": torch.randn(chains, 1, generator=gen, dtype=torch.float64)}
-        state = kernel.init({"w": torch.zeros(chains, 1, dtype=torch.float64)}, first)
+        state = kernel.init({"w": torch.zeros(chains, 1, dtype=torch.float64)}, first, epsilon)
         for _ in range(steps):
             zero_grad = {"w": torch.zeros(chains, 1, dtype=torch.float64)}
-            kernel.update(state, zero_grad, {"w": torch.randn(chains, 1, generator=gen, dtype=torch.float64)})
+            kernel.update(state, zero_grad, {"w": torch.randn(chains, 1, generator=gen, dtype=torch.float64)}, epsilon)
         results[noise] = float(state.params["w"].var())
     assert results["iid"] == pytest.approx(1 / (a * (1 - epsilon * a / 4)), rel=0.1)
     assert results["lm"] == pytest.approx(1 / a, rel=0.1)
+
+
+def test_every_kernel_steps_along_the_localized_drift():
+    """Without noise each kernel's first step moves along -∇U = -(nβ ∇L + γ (w - w*)), scaled its own way;
+    ε is given per step, so one kernel serves every step size."""
+    dtype = torch.float64
+    w_star = {"w": torch.tensor([[1.0, -2.0], [0.5, 0.5]], dtype=dtype)}
+    w = torch.tensor([[1.5, 0.0], [-1.0, 2.0]], dtype=dtype)
+    g = torch.tensor([[0.2, -0.4], [1.0, 3.0]], dtype=dtype)
+    zero = {"w": torch.zeros_like(w)}
+    nbeta, gamma = 100.0, 5.0
+    drift = localized_drift(g, w, w_star["w"], nbeta, gamma)
+    torch.testing.assert_close(drift, nbeta * g + gamma * (w - w_star["w"]))
+    for eps in (1e-3, 1e-2):
+        kernel = sgld.build(gamma, nbeta, w_star)
+        state = kernel.update(kernel.init({"w": w.clone()}, zero, eps), {"w": g}, zero, eps)
+        torch.testing.assert_close(state.params["w"], w - eps / 2 * drift)
+        kernel = rmsprop_sgld.build(gamma, nbeta, w_star, delta=0.1)
+        state = kernel.update(kernel.init({"w": w.clone()}, zero, eps), {"w": g}, zero, eps)
+        m = 1 / (g.abs() + 0.1)  # first step: the bias-corrected square average is g²
+        torch.testing.assert_close(kernel.drift_scale(state)["w"], m)
+        torch.testing.assert_close(state.params["w"], w - eps / 2 * m * drift)
+        kernel = sgnht.build(gamma, nbeta, w_star)
+        state = kernel.update(kernel.init({"w": w.clone()}, zero, eps), {"w": g}, zero, eps)
+        torch.testing.assert_close(state.params["w"], w - eps * drift)
+
+
+def test_select_chains_keeps_the_chosen_rows_of_every_state_tensor():
+    w_star = {"w": torch.zeros(3, 2)}
+    kernel = rmsprop_sgld.build(1.0, 10.0, w_star)
+    state = kernel.init({"w": torch.arange(6.0).view(3, 2)}, {"w": torch.zeros(3, 2)}, 1e-2)
+    kernel.update(state, {"w": torch.arange(6.0).view(3, 2)}, {"w": torch.zeros(3, 2)}, 1e-2)
+    kept_w = state.params["w"][[0, 2]].clone()
+    picked = select_chains(state, torch.tensor([0, 2]), 3, {"w": kept_w})
+    assert picked.params["w"] is kept_w and picked.step == 1
+    torch.testing.assert_close(picked.precond["w"], state.precond["w"][[0, 2]])
+    torch.testing.assert_close(picked.square_avg["w"], state.square_avg["w"][[0, 2]])
