@@ -521,3 +521,16 @@ def test_sequential_chains_share_one_chain_sized_noise_buffer(classifier, monkey
     assert len(filled) == QUICK.num_chains * (1 + QUICK.num_burnin_steps + QUICK.num_draws)
     assert {shape for shape, _ in filled} == {(1, P)}
     assert len({ptr for _, ptr in filled}) == 1
+
+
+@pytest.mark.parametrize("burnin", [1, 2])
+def test_a_burnin_too_short_to_settle_still_checks_its_steps(burnin):
+    """With the automatic step size, a burn-in of one or two steps is all exploration: the last
+    steps are checked for divergence from the exploration block (there is no settle stage)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(64, 3)
+    result = estimate_llc(model, (x, model(x).detach()), loss="mse",
+                          config=LLCConfig(num_chains=2, num_draws=20, num_burnin_steps=burnin, seed=0))
+    assert result.config.num_burnin_steps == burnin
+    assert math.isfinite(result.llc_mean) and result.diagnostics["diverged_chains"] == []
