@@ -111,55 +111,16 @@ def plot_job_traces(
     ``loss`` and ``llc`` are (chains, draws) arrays (NaN marks draws a chain never made)."""
     loss_chains = _as_chains(loss, "loss")
     llc_chains = _as_chains(llc, "llc")
-    num_chains, num_draws = loss_chains.shape
-    warnings = list(warnings or [])
-    diag_text = diagnostics_summary(diagnostics)
-    footer_lines = (textwrap.wrap(f"diagnostics: {diag_text}", width=FOOTER_CHARS) if diag_text else []) + [
-        textwrap.shorten(f"warning: {_warning_line(w)}", width=FOOTER_CHARS) for w in warnings[:MAX_WARNING_LINES]
-    ]
-    if len(warnings) > MAX_WARNING_LINES:
-        footer_lines.append(f"… and {len(warnings) - MAX_WARNING_LINES} more warnings")
-
+    footer_lines = _footer_lines(diagnostics, list(warnings or []))
     figure = Figure(figsize=(width, height), layout="constrained")
     ratios = [1.0, 1.0] + ([0.08 + 0.07 * len(footer_lines)] if footer_lines else [])
     grid = figure.add_gridspec(len(ratios), 1, height_ratios=ratios)
     ax_loss = figure.add_subplot(grid[0])
     ax_llc = figure.add_subplot(grid[1], sharex=ax_loss)
-    colours = [f"C{i % 10}" for i in range(max(num_chains, llc_chains.shape[0]))]
-
-    draws = np.arange(num_draws)
-    for chain in range(num_chains):
-        label = f"chain {chain}" if num_chains <= MAX_LABELLED_CHAINS else None
-        ax_loss.plot(draws, loss_chains[chain], color=colours[chain], linewidth=0.8, alpha=0.85, label=label)
-    if init_loss is not None and math.isfinite(init_loss):
-        ax_loss.axhline(init_loss, color="black", linestyle="--", linewidth=1.2, label=f"$L_n(w^*)$ = {init_loss:.4g}")
-    ax_loss.set_ylabel("sampled loss $L(w)$")
-    ax_loss.set_title("loss traces per chain")
-    if num_chains > MAX_LABELLED_CHAINS:
-        ax_loss.plot([], [], color="grey", label=f"{num_chains} chains")
-    ax_loss.legend(loc="best", fontsize="small", ncols=2)
-
-    finals = []
-    for chain in range(llc_chains.shape[0]):
-        series = llc_chains[chain]
-        ax_llc.plot(np.arange(series.shape[0]), series, color=colours[chain], linewidth=0.9)
-        finite = series[np.isfinite(series)]
-        if finite.size:
-            finals.append(finite[-1])
-    if finals:
-        mean, std = float(np.mean(finals)), float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
-        ax_llc.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=rf"{LAMBDA_HAT} = {mean:.4g} ± {std:.2g}")
-        ax_llc.axhspan(mean - std, mean + std, color="grey", alpha=0.15)
-        ax_llc.legend(loc="best", fontsize="small")
-        headline = rf"{LAMBDA_HAT} = {mean:.4g} ± {std:.2g} ({len(finals)} of {llc_chains.shape[0]} chains, {num_draws} draws)"
-    else:
-        headline = rf"no finite {LAMBDA_HAT} estimate"
-        ax_llc.text(0.5, 0.5, "no draws recorded", transform=ax_llc.transAxes, ha="center", va="center")
-    ax_llc.set_ylabel(rf"running {LAMBDA_HAT}")
-    ax_llc.set_xlabel("draw")
-    ax_llc.set_title(rf"running {LAMBDA_HAT} per chain")
+    colours = [f"C{i % 10}" for i in range(max(loss_chains.shape[0], llc_chains.shape[0]))]
+    _draw_loss_traces(ax_loss, loss_chains, init_loss, colours)
+    headline = _draw_running_llc(ax_llc, llc_chains, colours, num_draws=loss_chains.shape[1])
     figure.suptitle(f"{title} — {headline}" if title else headline)
-
     if footer_lines:
         ax_text = figure.add_subplot(grid[2])
         ax_text.axis("off")
@@ -167,6 +128,55 @@ def plot_job_traces(
                               fontsize="small")
         footer.set_in_layout(False)  # its height is reserved by the grid row; its width must not squeeze the axes
     return _png(figure, dpi)
+
+
+def _footer_lines(diagnostics: Mapping[str, Any] | None, warnings: list[Any]) -> list[str]:
+    diag_text = diagnostics_summary(diagnostics)
+    lines = (textwrap.wrap(f"diagnostics: {diag_text}", width=FOOTER_CHARS) if diag_text else []) + [
+        textwrap.shorten(f"warning: {_warning_line(w)}", width=FOOTER_CHARS) for w in warnings[:MAX_WARNING_LINES]
+    ]
+    if len(warnings) > MAX_WARNING_LINES:
+        lines.append(f"… and {len(warnings) - MAX_WARNING_LINES} more warnings")
+    return lines
+
+
+def _draw_loss_traces(ax: Any, loss_chains: np.ndarray, init_loss: float | None, colours: list[str]) -> None:
+    num_chains, num_draws = loss_chains.shape
+    draws = np.arange(num_draws)
+    for chain in range(num_chains):
+        label = f"chain {chain}" if num_chains <= MAX_LABELLED_CHAINS else None
+        ax.plot(draws, loss_chains[chain], color=colours[chain], linewidth=0.8, alpha=0.85, label=label)
+    if init_loss is not None and math.isfinite(init_loss):
+        ax.axhline(init_loss, color="black", linestyle="--", linewidth=1.2, label=f"$L_n(w^*)$ = {init_loss:.4g}")
+    ax.set_ylabel("sampled loss $L(w)$")
+    ax.set_title("loss traces per chain")
+    if num_chains > MAX_LABELLED_CHAINS:
+        ax.plot([], [], color="grey", label=f"{num_chains} chains")
+    ax.legend(loc="best", fontsize="small", ncols=2)
+
+
+def _draw_running_llc(ax: Any, llc_chains: np.ndarray, colours: list[str], num_draws: int) -> str:
+    """Every chain's running λ̂ and the mean of their final values; returns the figure's headline."""
+    finals = []
+    for chain in range(llc_chains.shape[0]):
+        series = llc_chains[chain]
+        ax.plot(np.arange(series.shape[0]), series, color=colours[chain], linewidth=0.9)
+        finite = series[np.isfinite(series)]
+        if finite.size:
+            finals.append(finite[-1])
+    if finals:
+        mean, std = float(np.mean(finals)), float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
+        ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=rf"{LAMBDA_HAT} = {mean:.4g} ± {std:.2g}")
+        ax.axhspan(mean - std, mean + std, color="grey", alpha=0.15)
+        ax.legend(loc="best", fontsize="small")
+        headline = rf"{LAMBDA_HAT} = {mean:.4g} ± {std:.2g} ({len(finals)} of {llc_chains.shape[0]} chains, {num_draws} draws)"
+    else:
+        headline = rf"no finite {LAMBDA_HAT} estimate"
+        ax.text(0.5, 0.5, "no draws recorded", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylabel(rf"running {LAMBDA_HAT}")
+    ax.set_xlabel("draw")
+    ax.set_title(rf"running {LAMBDA_HAT} per chain")
+    return headline
 
 
 def series_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int | None, float | None, float | None]]:
