@@ -213,3 +213,35 @@ class LiveProgress:
         if self.task is None:
             self.task = self.progress.add_task(description, total=total, status=status)
         self.progress.update(self.task, total=total, completed=done, status=status)
+
+
+# -- figures (PNG files next to the printed results) -----------------------------------------------
+
+
+def figure_for(cl: Any, target: Any, rows: list[dict[str, Any]]) -> bytes:
+    """λ̂ over training for a batch; the traces figure for a job."""
+    from estimator.plots import plot_llc_over_training, series_from_rows
+
+    if isinstance(target, Batch):
+        return plot_llc_over_training({target.collection or f"batch {target.id[:8]}": series_from_rows(rows)})
+    return job_figure(cl, target)
+
+
+def job_figure(cl: Any, job: Any) -> bytes:
+    from estimator.plots import plot_job_traces
+
+    traces = cl.traces(job)
+    result = job.result
+    return plot_job_traces(
+        traces["loss"],
+        traces["llc"],
+        traces["init_loss"],
+        diagnostics=result.diagnostics if result else None,
+        warnings=result.warnings if result else None,
+        title=f"job {job.id[:8]}",
+    )
+
+
+def write_png(path: Any, png: bytes) -> None:
+    path.write_bytes(png)
+    stderr.print(f"wrote {path} ({len(png)} bytes)", highlight=False)

@@ -413,13 +413,13 @@ def results(
 ) -> None:
     """λ̂ per checkpoint, ordered by training step."""
     from lambdahat import Batch
-    from lambdahat._output import RESULT_COLUMNS, print_csv, print_json, print_table
+    from lambdahat._output import RESULT_COLUMNS, figure_for, print_csv, print_json, print_table, write_png
 
     with _connect(url, api_key) as cl:
         target = cl.get(ident)
         rows = cl.results(target)
         if plot is not None:  # written before printing, so a closed pipe cannot lose it
-            _write_png(plot, _plot_for(cl, target, rows))
+            write_png(plot, figure_for(cl, target, rows))
     if output_format is OutputFormat.json:
         print_json(rows)
     elif output_format is OutputFormat.csv:
@@ -432,35 +432,6 @@ def results(
         ]
         columns = ["step", "checkpoint", "job", "status", "llc mean", "llc std", "warnings"]
         print_table(columns, table_rows, title=f"{'batch' if isinstance(target, Batch) else 'job'} {target.id}")
-
-
-def _plot_for(cl: Any, target: Any, rows: list[dict[str, Any]]) -> bytes:
-    from estimator.plots import plot_job_traces, plot_llc_over_training, series_from_rows
-    from lambdahat import Batch
-
-    if isinstance(target, Batch):
-        return plot_llc_over_training({target.collection or f"batch {target.id[:8]}": series_from_rows(rows)})
-    return _job_plot(cl, target, plot_job_traces)
-
-
-def _job_plot(cl: Any, job: Any, plot_job_traces: Callable[..., bytes]) -> bytes:
-    traces = cl.traces(job)
-    result = job.result
-    return plot_job_traces(
-        traces["loss"],
-        traces["llc"],
-        traces["init_loss"],
-        diagnostics=result.diagnostics if result else None,
-        warnings=result.warnings if result else None,
-        title=f"job {job.id[:8]}",
-    )
-
-
-def _write_png(path: Path, png: bytes) -> None:
-    from lambdahat._output import stderr
-
-    path.write_bytes(png)
-    stderr.print(f"wrote {path} ({len(png)} bytes)", highlight=False)
 
 
 @app.command("traces")
@@ -477,14 +448,13 @@ def traces(
     """A job's per-chain loss and running λ̂ traces."""
     import numpy as np
 
-    from estimator.plots import plot_job_traces
-    from lambdahat._output import print_csv, print_json, print_table, stdout
+    from lambdahat._output import job_figure, print_csv, print_json, print_table, stdout, write_png
 
     with _connect(url, api_key) as cl:
         job = cl.job(job_id)
         data = cl.traces(job)
         if plot is not None:  # written before printing, so a closed pipe cannot lose it
-            _write_png(plot, _job_plot(cl, job, plot_job_traces))
+            write_png(plot, job_figure(cl, job))
     loss, llc = data["loss"], data["llc"]
     if output_format is OutputFormat.json:
         print_json({"init_loss": data["init_loss"], "num_chains": loss.shape[0], "num_draws": loss.shape[1],
