@@ -238,10 +238,11 @@ class BurnIn:
     def _finish(self) -> None:
         parts, chains = self.parts, self.parts.chains
         if self.since_check:
+            start = self.t - self.since_check
             if self.settle_losses is None:  # warm-up ended without a settle step: the last steps explored
-                recorded, start = self.block_losses[: self.since_check], self.t - self.since_check
+                recorded = self.block_losses[: self.since_check]
             else:
-                recorded, start = self.settle_losses[self.t - self.since_check : self.t], self.t - self.since_check
+                recorded = self.settle_losses[start : self.t]
             bad = chains.bad_chains(recorded, start, parts.diverged)
             if bad:
                 parts.mark_diverged(bad, phase="burnin")
