@@ -42,6 +42,8 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, str]] = {
     "U8": ("uint8", "u1"),
     "BOOL": ("bool", "?"),
 }
+# Names whose presence makes a zip a save_pretrained archive rather than an unknown zip.
+ARCHIVE_MARKERS = ("config.json", ".safetensors", ".safetensors.index.json", ".bin")
 NUMERIC_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
 
 
@@ -71,18 +73,26 @@ class TensorInfo:
 
 
 def detect_format(path: Path) -> str:
-    """"safetensors" | "npz" | "pt" | "pt2", from the bytes (the file name is never consulted)."""
+    """"safetensors" | "npz" | "pt" | "pt2" | "archive", from the bytes (the file name is never consulted).
+
+    "archive": a tar, tar.gz, or a zip that is none of the others but names a config.json or weights,
+    presumably a ``save_pretrained`` directory (read by ``backend.archives``).
+    """
     size = path.stat().st_size
     if size == 0:
         raise FormatError("the file is empty")
     with open(path, "rb") as f:
-        head = f.read(9)
+        head = f.read(512)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return _detect_zip(path)
+    if head[:2] == b"\x1f\x8b":
+        return "archive"  # gzip: a tar.gz
     if len(head) >= 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
         if header_len <= SAFETENSORS_MAX_HEADER:
             return "safetensors"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "archive"  # tar
     if head[:1] == b"\x80":
         raise FormatError(
             "this is a raw pickle (legacy torch.save format), which is not accepted: save the state_dict with "
@@ -112,9 +122,11 @@ def _detect_zip(path: Path) -> str:
             return "pt"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
+        if any(n.endswith(ARCHIVE_MARKERS) for n in names):
+            return "archive"
     raise FormatError(
-        "a zip archive that is neither an npz (only .npy members), a torch.save file (<name>/data.pkl) "
-        "nor a torch.export archive (<name>/archive_format)"
+        "a zip archive that is neither an npz (only .npy members), a torch.save file (<name>/data.pkl), "
+        "a torch.export archive (<name>/archive_format) nor a save_pretrained directory (config.json + model.safetensors)"
     )
 
 
