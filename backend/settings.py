@@ -16,6 +16,12 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Nothing is ever downloaded from the Hugging Face Hub: every process of the service (API, inspector,
+# workers, job processes) imports this module, and the subprocesses it starts inherit the variables,
+# so transformers and huggingface_hub run offline wherever the service runs them.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+os.environ.update(OFFLINE_ENV)
+
 # "s3://bucket/prefix", "gs://...", "memory://...": an fsspec URL rather than a local directory.
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -57,6 +63,12 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
 
     max_upload_bytes: int = 2 * 1024**3
+    # Archives of save_pretrained directories: the most bytes and members one may unpack to.
+    archive_max_unpacked_bytes: int = Field(default=8 * 1024**3, ge=1)
+    archive_max_members: int = Field(default=10_000, ge=1)
+    # Memory of the device one job runs on, for the submit-time memory check. 0: the host's RAM in
+    # embedded mode (the job runs on this machine); with a broker, no check unless this is set.
+    worker_memory_bytes: int = Field(default=0, ge=0)
     heartbeat_interval: float = 5.0  # seconds between a running job's heartbeats
     heartbeat_timeout: float = 60.0  # a running job silent this long is re-queued by the reaper
     max_attempts: int = 3  # a job that kills its worker this many times is failed
