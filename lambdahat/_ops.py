@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from lambdahat.errors import (
 from lambdahat.models import Batch, Checkpoint, Dataset, Job
 
 SAFETENSORS = "application/octet-stream"
+TAR = "application/x-tar"
 # Polling a long job must survive a server restart or a network blip: this many consecutive
 # failed polls (with growing pauses) before wait() gives up.
 MAX_POLL_FAILURES = 8
@@ -109,7 +111,10 @@ def _file_part(source: Any, default_name: str, to_bytes: Callable[[Any], bytes])
 def op_upload_dataset(source: Any, name: str | None) -> Operation[Dataset]:
     if isinstance(source, tuple) and len(source) == 2:
         source = {"x": source[0], "y": source[1]}
-    filename, payload, path = _file_part(source, "dataset.safetensors", serialize.dataset_to_safetensors)
+    if serialize.is_token_dataset(source):
+        filename, payload, path = "tokens.npz", serialize.tokens_to_npz(source), None
+    else:
+        filename, payload, path = _file_part(source, "dataset.safetensors", serialize.dataset_to_safetensors)
     data = {"name": name} if name else None
     if path is None:
         response = yield Call("POST", "/v1/datasets", data=data, files={"file": (filename, payload, SAFETENSORS)})
@@ -123,9 +128,46 @@ def _checkpoint_source(source: Any, architecture: dict[str, Any] | None) -> tupl
     """An nn.Module becomes its state_dict, with its architecture inferred when not given."""
     if serialize.is_torch_module(source):
         if architecture is None:
-            architecture = serialize.infer_architecture(source)
+            try:
+                architecture = serialize.infer_architecture(source)
+            except ValueError as exc:
+                if not serialize.is_torchvision_model(source):
+                    raise
+                raise ValueError(
+                    f"{exc}; for a torchvision model pass e.g. "
+                    'architecture={"kind": "torchvision", "name": "resnet18", "num_classes": 10}'
+                ) from None
         source = source.state_dict()
     return source, architecture
+
+
+def _checkpoint_form(collection: str | None, step: int | None, name: str | None, task: str | None) -> dict[str, str]:
+    form: dict[str, str] = {}
+    if collection is not None:
+        form["collection"] = collection
+    if step is not None:
+        form["step"] = str(int(step))
+    if name is not None:
+        form["name"] = name
+    if task is not None:
+        form["task"] = task
+    return form
+
+
+def _upload_folder(folder: Path, archive_name: str, form: dict[str, str]) -> Operation[Checkpoint]:
+    """A save_pretrained folder's needed files as one uncompressed tar, spooled to disk (weights can
+    be gigabytes) and streamed to the server."""
+    with tempfile.TemporaryFile(prefix="lambdahat-checkpoint-", suffix=".tar") as archive:
+        serialize.write_pretrained_tar(folder, archive)
+        archive.seek(0)
+        files = {"file": (archive_name, archive, TAR)}
+        response = yield Call("POST", "/v1/checkpoints", data=form or None, files=files)
+    return Checkpoint.model_validate(json_body(response))
+
+
+def _no_architecture_for(what: str, architecture: dict[str, Any] | None) -> None:
+    if architecture is not None:
+        raise ValueError(f"{what} carries its own architecture; leave out architecture=")
 
 
 def op_upload_checkpoint(
@@ -134,20 +176,31 @@ def op_upload_checkpoint(
     collection: str | None,
     step: int | None,
     name: str | None,
+    task: str | None = None,
 ) -> Operation[Checkpoint]:
-    source, architecture = _checkpoint_source(source, architecture)
-    filename, payload, path = _file_part(source, "checkpoint.safetensors", serialize.state_dict_to_safetensors)
-    if path is None and architecture is None:
-        raise ValueError("a state_dict needs architecture={...} (the built-in architecture JSON it was built from)")
-    form: dict[str, str] = {}
+    form = _checkpoint_form(collection, step, name, task)
+    if serialize.is_pretrained_model(source):
+        _no_architecture_for("a Hugging Face model (its config.json)", architecture)
+        with tempfile.TemporaryDirectory(prefix="lambdahat-pretrained-") as scratch:
+            folder = Path(scratch) / "model"
+            source.save_pretrained(folder)  # safetensors: the default of every transformers that has it
+            return (yield from _upload_folder(folder, f"{type(source).__name__}.tar", form))
+    if isinstance(source, str | Path) and Path(source).expanduser().is_dir():
+        _no_architecture_for("a save_pretrained folder (its config.json)", architecture)
+        folder = Path(source).expanduser()
+        return (yield from _upload_folder(folder, f"{folder.resolve().name}.tar", form))
+    if serialize.is_exported_program(source):
+        # Sent as the .pt2 file torch.export.save writes: the server loads it as any .pt2 upload
+        # (an API key with the run-code scope; the server's 403 says so otherwise).
+        _no_architecture_for("a torch.export program (its graph)", architecture)
+        filename, payload, path = "program.pt2", serialize.exported_program_to_pt2(source), None
+    else:
+        source, architecture = _checkpoint_source(source, architecture)
+        filename, payload, path = _file_part(source, "checkpoint.safetensors", serialize.state_dict_to_safetensors)
+        if path is None and architecture is None:
+            raise ValueError("a state_dict needs architecture={...} (the built-in architecture JSON it was built from)")
     if architecture is not None:
         form["architecture"] = json.dumps(architecture)
-    if collection is not None:
-        form["collection"] = collection
-    if step is not None:
-        form["step"] = str(int(step))
-    if name is not None:
-        form["name"] = name
     if path is None:
         files = {"file": (filename, payload, SAFETENSORS)}
         response = yield Call("POST", "/v1/checkpoints", data=form or None, files=files)

@@ -181,39 +181,51 @@ def _print_state(obj: Any, output_format: OutputFormat) -> None:
 @app.command("upload")
 @_user_command
 def upload(
-    paths: Annotated[list[Path], typer.Argument(help="Checkpoint files (.safetensors, .pt, .pt2).", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Checkpoint files (.safetensors, .pt, .pt2, or a .zip/.tar archive of a save_pretrained folder) or "
+             "save_pretrained folders.", show_default=False)],
     architecture: Annotated[
         str | None, typer.Option(help="Architecture JSON (inline or a file); needed for .safetensors and .pt.")
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection (e.g. a training run) to file them under.")] = None,
     step: Annotated[int | None, typer.Option(help="Training step (one file only).")] = None,
     step_from_filename: Annotated[
-        bool, typer.Option("--step-from-filename", help="Take each step from the last number in its file name.")
+        bool, typer.Option("--step-from-filename",
+                           help="Take each step from the last number in its file name (or folder name).")
     ] = False,
     name: Annotated[str | None, typer.Option(help="Name (one file only; default: the file name).")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="Hugging Face checkpoints: causal_lm, sequence_classification or masked_lm (default: from config.json).",
+    )] = None,
     output_format: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Upload checkpoints. Example: lambdahat upload run/step_*.safetensors --architecture arch.json
-    --collection run-a --step-from-filename"""
+    """Upload checkpoints. Examples: lambdahat upload run/step_*.safetensors --architecture arch.json
+    --collection run-a --step-from-filename; lambdahat upload runs/pythia-tiny/step*/ --collection
+    pythia-tiny --step-from-filename (save_pretrained folders, sent as archives)"""
     from lambdahat._output import CHECKPOINT_COLUMNS, print_objects
-    from lambdahat.serialize import step_from_filename as parse_step
+    from lambdahat.serialize import pretrained_files, step_from_path
 
     if step is not None and step_from_filename:
         raise typer.BadParameter("give --step or --step-from-filename, not both")
     if len(paths) > 1 and (step is not None or name is not None):
         raise typer.BadParameter("--step and --name apply to a single file; use --step-from-filename for several")
     for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+        if path.is_dir():
+            pretrained_files(path)  # a folder that is no checkpoint fails here, before anything is uploaded
+        elif not path.is_file():
+            raise FileNotFoundError(f"no such file or folder: {path}")
     arch = _json_argument(architecture, "--architecture") if architecture else None
-    steps = [parse_step(p.name) if step_from_filename else step for p in paths]
+    if arch is not None and any(p.is_dir() for p in paths):
+        raise typer.BadParameter("--architecture is for state_dict files; a save_pretrained folder has its config.json")
+    steps = [step_from_path(p) if step_from_filename else step for p in paths]
     uploaded = []
     with _connect(url, api_key) as cl:
         try:
             for path, path_step in zip(paths, steps, strict=True):
-                uploaded.append(cl.upload_checkpoint(path, architecture=arch, collection=collection, step=path_step, name=name))
+                uploaded.append(cl.upload_checkpoint(
+                    path, architecture=arch, collection=collection, step=path_step, name=name, task=task))
         finally:
             if uploaded or output_format is not ListFormat.table:
                 print_objects(uploaded, CHECKPOINT_COLUMNS, output_format.value, title="uploaded checkpoints")
@@ -224,13 +236,15 @@ def upload(
 @app.command("upload-dataset")
 @_user_command
 def upload_dataset(
-    path: Annotated[Path, typer.Argument(help="A .safetensors or .npz file with arrays x and y.", show_default=False)],
+    path: Annotated[Path, typer.Argument(
+        help="A .safetensors or .npz file with arrays x and y, or a token dataset (input_ids [N, T], optional "
+             "attention_mask and labels).", show_default=False)],
     name: Annotated[str | None, typer.Option(help="Name (default: the file name).")] = None,
     output_format: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Upload a dataset (arrays x and y with equal first dimension)."""
+    """Upload a dataset (arrays x and y with equal first dimension, or token arrays input_ids, ...)."""
     from lambdahat._output import DATASET_COLUMNS, print_objects
 
     with _connect(url, api_key) as cl:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,9 +60,11 @@ class _ClientBase:
 
     # -- datasets --------------------------------------------------------------------------
 
-    def upload_dataset(self, source: str | Path | dict[str, Any] | tuple[Any, Any], name: str | None = None) -> Dataset:
-        """Upload a dataset: a ``.safetensors`` / ``.npz`` file with arrays ``x`` and ``y``, or a dict
-        ``{"x": ..., "y": ...}`` (or pair) of numpy arrays or torch tensors, sent as safetensors."""
+    def upload_dataset(self, source: Any, name: str | None = None) -> Dataset:
+        """Upload a dataset: a ``.safetensors`` / ``.npz`` file, a dict ``{"x": ..., "y": ...}`` (or an
+        ``(x, y)`` pair) of numpy arrays or torch tensors (sent as safetensors), or a token dataset: a
+        dict ``{"input_ids": [N, T], "attention_mask"?: [N, T], "labels"?: [N, T] or [N]}`` or a Hugging
+        Face ``datasets.Dataset`` with an ``input_ids`` column (sent as npz; other columns stay behind)."""
         return self._drive(_ops.op_upload_dataset(source, name))
 
     def dataset(self, dataset: Any) -> Dataset:
@@ -85,11 +86,22 @@ class _ClientBase:
         collection: str | None = None,
         step: int | None = None,
         name: str | None = None,
+        task: str | None = None,
     ) -> Checkpoint:
-        """Upload a checkpoint: a file (``.safetensors`` / ``.pt`` state_dict with ``architecture``, or a
-        ``.pt2`` export), a state_dict (sent as safetensors; needs ``architecture``), or an
-        ``nn.Module`` (its state_dict; the architecture is inferred for mlp/dln Sequentials)."""
-        return self._drive(_ops.op_upload_checkpoint(source, architecture, collection, step, name))
+        """Upload a checkpoint. ``source`` is one of:
+
+        - a transformers ``PreTrainedModel``, or a folder ``save_pretrained`` wrote (``config.json`` and
+          safetensors weights, sharded or not): sent as one tar archive; the architecture comes from
+          config.json, ``task`` (``causal_lm``, ``sequence_classification``, ``masked_lm``) overrides
+          the one read from its ``architectures`` entry;
+        - a file: ``.safetensors`` / ``.pt`` state_dict with ``architecture``, a ``.pt2`` export, or a
+          ``.zip`` / ``.tar`` / ``.tar.gz`` archive of a save_pretrained folder;
+        - a state_dict (sent as safetensors; needs ``architecture``);
+        - an ``nn.Module``: its state_dict, with the architecture inferred (mlp/dln Sequentials and
+          torchvision classifiers) when not given;
+        - a ``torch.export.ExportedProgram``: sent as the ``.pt2`` file ``torch.export.save`` writes
+          (the server runs .pt2 programs only for keys with the run-code scope)."""
+        return self._drive(_ops.op_upload_checkpoint(source, architecture, collection, step, name, task))
 
     def checkpoint(self, checkpoint: Any) -> Checkpoint:
         return self._drive(_ops.op_get(f"/v1/checkpoints/{_ops.object_id(checkpoint, 'checkpoint')}", Checkpoint))
