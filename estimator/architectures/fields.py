@@ -36,10 +36,21 @@ class TensorSpec:
     shape: tuple[int, ...]
     parameter: bool  # False for buffers (e.g. batch-norm running statistics)
     integer: bool = False  # True for integer buffers (num_batches_tracked)
+    # The key this one shares its parameter with (GPT-2's lm_head.weight -> transformer.wte.weight):
+    # save_pretrained writes only the other one, so a checkpoint may leave this key out.
+    tied_to: str | None = None
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form the worker's inspector prints (worker/inspect_architecture.py)."""
+        return {"shape": list(self.shape), "parameter": self.parameter, "integer": self.integer, "tied_to": self.tied_to}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> TensorSpec:
+        return cls(tuple(value["shape"]), bool(value["parameter"]), bool(value.get("integer", False)), value.get("tied_to"))
 
 
 # ---------------------------------------------------------------------------------------------
