@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backend.formats import TensorInfo, read_npz, read_safetensors
-from estimator.architectures import build_model
+from estimator.architectures import build_model, normalize, state_dict_spec
 
 
 def load_model(path: Path, format: str, architecture: dict[str, Any] | None) -> torch.nn.Module:  # noqa: A002
@@ -24,7 +24,9 @@ def load_model(path: Path, format: str, architecture: dict[str, Any] | None) -> 
 
     safetensors/pt: the architecture is built and the state_dict loaded strictly. The module is
     float64 when every floating tensor in the checkpoint is float64, else float32 (half-precision
-    weights are upcast).
+    weights are upcast). Kind "hf": keys tied to another parameter may be absent (save_pretrained
+    writes one copy); every other missing or unexpected key is a ValueError naming them, and the ties
+    are restored after loading.
     """
     path = Path(path)
     if format == "pt2":
@@ -40,12 +42,45 @@ def load_model(path: Path, format: str, architecture: dict[str, Any] | None) -> 
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    model = build_model(architecture)
+    config = normalize(architecture)
+    model = build_model(config)
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
     if floating and all(d == torch.float64 for d in floating):
         model = model.double()
-    model.load_state_dict(state, strict=True)
+    if config["kind"] == "hf":
+        _load_allowing_tied(model, state, config)
+    else:
+        model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _load_allowing_tied(model: torch.nn.Module, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    ties = {key: spec.tied_to for key, spec in state_dict_spec(config).items() if spec.tied_to is not None}
+    # Either key of a tied pair may carry the shared weight; when both do they must agree, else the
+    # config's tie (tie_word_embeddings) does not describe these weights.
+    untied = [
+        f"{key} / {source}" for key, source in ties.items()
+        if key in state and source in state and not torch.equal(state[key], state[source])
+    ]
+    if untied:
+        raise ValueError(
+            "the checkpoint holds different values for weights its config ties together "
+            f"({', '.join(untied)}); set tie_word_embeddings to false in config.json if they are separate"
+        )
+    carried = {key for key, source in ties.items() if key in state or source in state}
+    carried |= {ties[key] for key in carried}
+    result = model.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if key not in carried]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys: {', '.join(result.unexpected_keys)}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint does not fit its {config['config']['model_type']} architecture: {'; '.join(problems)}"
+        )
+    model.tie_weights()
 
 
 def load_dataset(path: Path, format: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
