@@ -19,14 +19,18 @@ _UPLOAD_FORM = multipart_openapi(
         "file": {
             "type": "string",
             "format": "binary",
-            "description": "A safetensors or torch.save (.pt) state_dict, or a torch.export (.pt2) archive "
-            "(run-code scope); the format is detected from the content",
+            "description": "A safetensors or torch.save (.pt) state_dict, a torch.export (.pt2) archive "
+            "(run-code scope), or a zip/tar/tar.gz of a save_pretrained directory (config.json + model.safetensors "
+            "or a sharded index); the format is detected from the content",
         },
         "architecture": {
             "type": "string",
             "description": 'JSON config of a built-in architecture, e.g. {"kind": "mlp", "in_features": 16, '
             '"hidden": [32], "out_features": 3}; required for safetensors and .pt, omitted for .pt2',
         },
+        "task": {"type": "string", "enum": ["causal_lm", "sequence_classification", "masked_lm"],
+                 "description": "save_pretrained archives only: the head to build (default: from config.json's "
+                 "architectures, else causal_lm)"},
         "collection": {"type": "string", "maxLength": 300, "description": "Group label, e.g. a training run"},
         "step": {"type": "integer", "minimum": 0, "description": "Training step"},
         "name": {"type": "string", "maxLength": 300, "description": "A label (default: the file name)"},
@@ -52,7 +56,7 @@ async def upload_checkpoint(request: Request, principal: UploadPrincipal, settin
     """Upload a checkpoint (multipart `file`, `architecture`, optional `collection`, `step`, `name`)."""
     row = await receive_and_create(
         request, settings, service.TEXT_FIELDS,
-        lambda store, form: service.create_checkpoint(session_factory, principal, store, form),
+        lambda store, form: service.create_checkpoint(session_factory, principal, store, form, settings),
     )
     return CheckpointPublic.model_validate(row)
 

@@ -6,6 +6,13 @@
   ``weights_only=True``), so this process never imports torch or runs an unpickler.
 - ``.pt2``: code. Only keys with the ``run-code`` scope may upload one; only its JSON weight config is
   read here (for the parameter count); it is loaded only inside a job process.
+- an archive (zip, tar, tar.gz) of a ``save_pretrained`` directory: read by ``backend.archives``
+  (hostile members refused before any data is read), its weights stored as ONE safetensors file (shards
+  merged) with the architecture ``{"kind": "hf", "task": ..., "config": <config.json>}``.
+
+Kinds whose state_dict only torch can describe (``hf``, ``torchvision``: ``architectures.spec_needs_torch``)
+get their expected spec and parameter count from ``python -m worker.inspect_architecture`` in a
+subprocess, cached per normalized config, so this process never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +35,21 @@ from api.errors import Forbidden, NotFound, Unprocessable
 from api.pagination import page
 from api.types import is_valid_id
 from api.uploads import UploadForm, delete_upload, store_upload
+from backend.archives import ArchiveLimits, read_pretrained
 from backend.formats import FormatError, count_non_finite, detect_format, read_pt2, read_safetensors
 from backend.models import Checkpoint
 from backend.settings import Settings
-from backend.storage import ArtifactStore
+from backend.storage import ArtifactStore, UploadTooLarge
 from estimator import architectures
 
-TEXT_FIELDS = {"architecture", "collection", "step", "name"}
+TEXT_FIELDS = {"architecture", "collection", "step", "name", "task"}
 INSPECT_TIMEOUT_S = 300.0
+SPEC_CACHE_SIZE = 64
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def create_checkpoint(session_factory: sessionmaker[Session], principal: Principal, store: ArtifactStore,
-                      form: UploadForm) -> Checkpoint:
+                      form: UploadForm, settings: Settings) -> Checkpoint:
     """Validate an uploaded checkpoint, store its file under its sha256 and insert its row."""
     assert form.file is not None and form.file.sha256 is not None
     fields = _metadata_fields(form)
@@ -48,6 +59,11 @@ def create_checkpoint(session_factory: sessionmaker[Session], principal: Princip
     except FormatError as exc:
         raise Unprocessable(f"invalid checkpoint: {exc}") from None
     raw_architecture = form.fields.get("architecture")
+    if fmt == "archive":
+        return _create_from_archive(session_factory, principal, store, form, fields, settings)
+    if form.fields.get("task"):
+        raise Unprocessable("'task' applies to save_pretrained archives; for a single safetensors file put it in "
+                            'the architecture: {"kind": "hf", "task": ..., "config": {...}}')
     if fmt == "npz":
         raise Unprocessable("invalid checkpoint: npz is a dataset format; upload a checkpoint as safetensors, .pt or .pt2")
     if fmt == "pt2":
@@ -64,8 +80,7 @@ def create_checkpoint(session_factory: sessionmaker[Session], principal: Princip
         architecture = None
     else:
         architecture = _parse_architecture(raw_architecture, fmt)
-        _check_weights(path, fmt, architecture)
-        num_params = architectures.num_params(architecture)
+        num_params = _check_weights(path, fmt, architecture)
     row = Checkpoint(
         owner=principal.owner,
         sha256=form.file.sha256,
@@ -76,6 +91,43 @@ def create_checkpoint(session_factory: sessionmaker[Session], principal: Princip
         **fields,
     )
     return store_upload(store, session_factory, form.file, "checkpoints", row)
+
+
+def _create_from_archive(session_factory: sessionmaker[Session], principal: Principal, store: ArtifactStore,
+                         form: UploadForm, fields: dict[str, Any], settings: Settings) -> Checkpoint:
+    """A save_pretrained archive: its weights become one staged safetensors file, stored like an upload."""
+    assert form.file is not None
+    if form.fields.get("architecture"):
+        raise Unprocessable("'architecture' does not apply to a save_pretrained archive: it is read from its "
+                            "config.json (send 'task' to choose causal_lm, sequence_classification or masked_lm)")
+    limits = ArchiveLimits(settings.archive_max_unpacked_bytes, settings.archive_max_members)
+    weights = store.stage(settings.archive_max_unpacked_bytes)
+    try:
+        try:
+            pretrained = read_pretrained(form.file.path, weights.write, store.staging_dir, limits)
+        except FormatError as exc:
+            raise Unprocessable(f"invalid checkpoint archive: {exc}") from None
+        except UploadTooLarge:
+            raise Unprocessable(f"invalid checkpoint archive: its weights are larger than the "
+                                f"{settings.archive_max_unpacked_bytes} bytes accepted") from None
+        weights.finish()
+        architecture = _hf_architecture(pretrained.config, form.fields.get("task"))
+        num_params = _check_weights(weights.path, "safetensors", architecture)
+        row = Checkpoint(owner=principal.owner, sha256=weights.sha256, size_bytes=weights.size, format="safetensors",
+                         architecture=architecture, num_params=num_params, **fields)
+        return store_upload(store, session_factory, weights, "checkpoints", row)
+    finally:
+        weights.discard()
+
+
+def _hf_architecture(config: dict[str, Any], task: str | None) -> dict[str, Any]:
+    raw: dict[str, Any] = {"kind": "hf", "config": config}
+    if task:
+        raw["task"] = task.strip()
+    try:
+        return architectures.normalize(raw)
+    except architectures.ArchitectureError as exc:
+        raise Unprocessable(f"invalid architecture (from config.json): {exc}") from None
 
 
 def _metadata_fields(form: UploadForm) -> dict[str, Any]:
@@ -114,7 +166,8 @@ def _parse_architecture(raw: str | None, fmt: str) -> dict[str, Any]:
         raise Unprocessable(f"invalid architecture: {exc}") from None
 
 
-def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
+def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> int:
+    """Check the file's tensors against the architecture; returns its number of parameters."""
     if fmt == "safetensors":
         try:
             infos = read_safetensors(path)
@@ -124,7 +177,12 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
     else:
         inspected = inspect_torch_file(path)
         tensors = {k: (tuple(v["shape"]), v["dtype"]) for k, v in inspected.items()}
-    problems = architectures.check_weights(architecture, tensors)
+    if _spec_needs_torch(architecture):
+        spec, num_params = expected_spec(architecture)
+        problems = _check_against_spec(spec, tensors)
+    else:
+        problems = architectures.check_weights(architecture, tensors)
+        num_params = architectures.num_params(architecture)
     if problems:
         raise Unprocessable(f"the weights do not match the {architecture['kind']} architecture: " + "; ".join(problems))
     if fmt == "safetensors":
@@ -135,6 +193,121 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> None:
     if bad:
         listing = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:20])
         raise Unprocessable(f"the weights contain non-finite values (NaN or inf): {listing}")
+    return num_params
+
+
+def _spec_needs_torch(architecture: dict[str, Any]) -> bool:
+    needs = getattr(architectures, "spec_needs_torch", None)
+    if needs is None:  # TODO(S): the registry's function (helper R) replaces this fallback once it lands
+        return architecture.get("kind") in ("hf", "torchvision")
+    return bool(needs(architecture))
+
+
+def _check_against_spec(spec: dict[str, architectures.TensorSpec],
+                        tensors: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """``architectures.check_weights`` against a spec the inspector gave: a key tied to another
+    parameter (``tied_to``) may be left out, as save_pretrained does."""
+    problems: list[str] = []
+    missing = [k for k, v in spec.items() if k not in tensors and not v.tied_to]
+    unexpected = [k for k in tensors if k not in spec]
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    mismatched, bad_dtypes = [], []
+    for key, expected in spec.items():
+        if key not in tensors:
+            continue
+        shape, dtype = tensors[key]
+        if tuple(shape) != expected.shape:
+            mismatched.append(f"{key}: expected {list(expected.shape)}, got {list(shape)}")
+        allowed = architectures.INT_DTYPES if expected.integer else architectures.FLOAT_DTYPES
+        if dtype not in allowed:
+            bad_dtypes.append(f"{key}: {dtype} (expected one of {', '.join(allowed)})")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if bad_dtypes:
+        problems.append(f"unsupported dtypes: {_listing(bad_dtypes)}")
+    return problems
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    return ", ".join(items[:limit]) + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+class _SpecCache:
+    """Normalized config (as canonical JSON) -> (spec, num_params), the most recently used kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[dict[str, architectures.TensorSpec], int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[dict[str, architectures.TensorSpec], int] | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: str, value: tuple[dict[str, architectures.TensorSpec], int]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_spec_cache = _SpecCache(SPEC_CACHE_SIZE)
+
+
+def expected_spec(architecture: dict[str, Any]) -> tuple[dict[str, architectures.TensorSpec], int]:
+    """The state_dict spec and parameter count of a kind only torch can describe, from
+    ``python -m worker.inspect_architecture`` (cached per normalized config)."""
+    key = json.dumps(architecture, sort_keys=True, separators=(",", ":"))
+    cached = _spec_cache.get(key)
+    if cached is not None:
+        return cached
+    result = _run_inspector([sys.executable, "-m", "worker.inspect_architecture"], key.encode(),
+                            what=f"the {architecture.get('kind')} architecture")
+    try:
+        spec = {
+            name: architectures.TensorSpec(
+                shape=tuple(int(d) for d in entry["shape"]),
+                parameter=bool(entry.get("parameter", True)),
+                integer=bool(entry.get("integer", False)),
+                tied_to=entry.get("tied_to"),
+            )
+            for name, entry in result["spec"].items()
+        }
+        value = (spec, int(result["num_params"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Unprocessable(f"invalid architecture: the inspector's answer is malformed ({exc})") from None
+    _spec_cache.put(key, value)
+    return value
+
+
+def _run_inspector(command: list[str], stdin: bytes, *, what: str) -> dict[str, Any]:
+    """Run a worker-side inspector in a fresh interpreter (empty working directory, offline, killed
+    after INSPECT_TIMEOUT_S); its last stdout line is a JSON object with "ok"."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryDirectory(prefix="lambdahat-inspect-") as cwd:
+        try:
+            proc = subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True,
+                                  timeout=INSPECT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise Unprocessable(f"inspecting {what} took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
+    try:
+        result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError, UnicodeDecodeError):
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise Unprocessable(
+            f"{what} could not be inspected (inspector exit status {proc.returncode}: {tail[0][:300]})"
+        ) from None
+    if not isinstance(result, dict) or not result.get("ok"):
+        raise Unprocessable(f"invalid architecture: {result.get('error') if isinstance(result, dict) else result}")
+    return result
 
 
 def inspect_torch_file(path: Path) -> dict[str, Any]:

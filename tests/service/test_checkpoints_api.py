@@ -268,7 +268,7 @@ def test_delete_refused_while_jobs_use_it(api, tmp_path):
 
 def test_openapi_documents_the_multipart_forms(api):
     spec = api.get("/openapi.json").json()
-    for path, fields in (("/v1/checkpoints", {"file", "architecture", "collection", "step", "name"}),
+    for path, fields in (("/v1/checkpoints", {"file", "architecture", "task", "collection", "step", "name"}),
                          ("/v1/datasets", {"file", "name"})):
         schema = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert set(schema["properties"]) == fields and schema["required"] == ["file"]
