@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLERS = ("sgld", "rmsprop_sgld", "sgnht")
-LOSSES = ("cross_entropy", "mse", "nll", "bce_with_logits")  # by name; estimate_llc also takes a callable
+# By name; estimate_llc also takes a callable. causal_lm and masked_lm score token data (logits
+# [B, T, V] against token labels [B, T]); cross_entropy also scores sequence classification.
+LOSSES = ("cross_entropy", "mse", "nll", "bce_with_logits", "causal_lm", "masked_lm")
 CHAIN_MODES = ("auto", "vmap", "sequential")
-DTYPES = ("float32", "float64")
+# "bfloat16": the chains stay float32, the model's forward and backward run under bfloat16 autocast.
+DTYPES = ("float32", "float64", "bfloat16")
 
 
 def _is_int(value: Any) -> bool:
@@ -46,7 +49,10 @@ class LLCConfig:
     batch_size: minibatch size of the gradient and of the recorded loss. None: min(n, 512).
     seed: every random choice (minibatch orders, noise) derives from it.
     device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-    dtype: "float32" or "float64" for the chains and the data.
+    dtype: "float32" or "float64" for the chains and the data; "bfloat16" keeps the chains and the
+        data in float32 and runs the model's forward and backward under bfloat16 autocast
+        (bfloat16 weights cannot hold SGLD steps of ~1e-4 relative size; accuracy cost in
+        docs/validation.md).
     chain_mode: "auto" (vmap when the model supports it), "vmap" or "sequential".
     max_chains_per_chunk: vectorise at most this many chains at once (bounds memory). None: all.
     target_bias: the quadratic discretisation bias the automatic epsilon aims at (0.01 = 1 %).

@@ -26,9 +26,19 @@ class FlatModel:
     never modified: parameters and buffers are substituted through ``functional_call``.
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        device: torch.device,
+        dtype: torch.dtype,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.model = model
         self.loss_fn = loss_fn
+        # dtype "bfloat16": w and the chains stay in ``dtype`` (float32); the model's forward (and so
+        # its backward) runs under autocast to this dtype, and the loss is taken in ``dtype``.
+        self.autocast_dtype = autocast_dtype
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no trainable parameters (none with requires_grad=True)")
@@ -57,7 +67,13 @@ class FlatModel:
         return params
 
     def loss(self, flat: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        outputs = functional_call(self.model, self.unflatten(flat), (inputs,))
+        if self.autocast_dtype is None:
+            outputs = functional_call(self.model, self.unflatten(flat), (inputs,))
+        else:
+            with torch.autocast(device_type=flat.device.type, dtype=self.autocast_dtype):
+                outputs = functional_call(self.model, self.unflatten(flat), (inputs,))
+            if outputs.is_floating_point():
+                outputs = outputs.to(flat.dtype)
         value = self.loss_fn(outputs, targets)
         if value.dim() != 0:
             raise ValueError(
@@ -211,7 +227,7 @@ def _structure_key(flat: FlatModel) -> tuple | None:
         return None
     fixed = tuple((name, tuple(t.shape), t.dtype) for name, t in flat.fixed.items())
     modules = tuple((name, type(m), _attribute_fingerprint(m)) for name, m in flat.model.named_modules())
-    return (tuple(zip(flat.names, flat.shapes, strict=True)), fixed, modules, flat.loss_fn)
+    return (tuple(zip(flat.names, flat.shapes, strict=True)), fixed, modules, flat.loss_fn, flat.autocast_dtype)
 
 
 # nn.Module's own bookkeeping (parameters, buffers, children and hooks are covered elsewhere or do

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import hf, tuning
 from . import problem as problems
-from . import tuning
 from .chains import ChainSet
 from .config import LLCConfig
 from .curvature import Curvature
@@ -46,6 +46,7 @@ from .problem import ChainMode, Notes, Problem
 from .report import RunRecord, build_report
 from .result import LLCResult, ProgressEvent
 from .stepsize import StepSize
+from .tokens import is_token_data, model_inputs, token_data
 
 ProgressCallback = Callable[[ProgressEvent], Any]
 
@@ -60,10 +61,16 @@ def estimate_llc(
     """Estimate the local learning coefficient of ``model`` at its current weights.
 
     Args:
-        model: any ``torch.nn.Module`` (also the module of a ``torch.export`` program). Its weights
-            are never modified; ordinary modules are put in eval mode while sampling and restored.
-        data: an ``(inputs, targets)`` pair of tensors, or a ``torch.utils.data.Dataset`` of pairs.
-        loss: "cross_entropy", "mse", "nll", "bce_with_logits", or ``(outputs, targets) -> mean loss``.
+        model: any ``torch.nn.Module`` (also the module of a ``torch.export`` program), or a
+            transformers ``PreTrainedModel`` (its ``.logits`` are scored, with eager attention
+            during the run; estimator/hf.py). Its weights are never modified; ordinary modules are
+            put in eval mode while sampling and restored.
+        data: an ``(inputs, targets)`` pair of tensors, a ``torch.utils.data.Dataset`` of pairs, or
+            token data: a dict ``{"input_ids", "attention_mask"?, "labels"?}`` (tensors or numpy
+            arrays) or a Hugging Face ``datasets.Dataset`` with an ``input_ids`` column
+            (estimator/tokens.py; ``causal_lm`` derives its labels from input_ids).
+        loss: "cross_entropy", "mse", "nll", "bce_with_logits", "causal_lm", "masked_lm", or
+            ``(outputs, targets) -> mean loss``.
         config: an :class:`LLCConfig`; ``None`` means ``LLCConfig()`` (automatic settings).
         progress: called with a :class:`ProgressEvent` at most every 0.5 s; returning ``False``
             stops sampling and returns the draws completed so far (``result.stopped`` is True).
@@ -78,16 +85,35 @@ def estimate_llc(
     if progress is not None and not callable(progress):
         raise ValueError("progress must be a callable taking a ProgressEvent, or None")
     loss_name, loss_fn = resolve_loss(loss)
+    # bfloat16: the chains (w, noise, updates) stay float32; only the model runs under autocast.
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    inputs, targets = materialise(data)
+    autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+    hf_model = hf.is_hf_model(model)
+    if is_token_data(data):
+        tokens = token_data(data, loss_name)
+        if hf_model:
+            hf.check_token_data(model, tokens.input_ids)
+        inputs, targets = model_inputs(tokens, pack_attention_mask=hf_model), tokens.labels
+    else:
+        inputs, targets = materialise(data)
     device, device_reason = _resolve_device(config, model, int(inputs.shape[0]))
     inputs, targets = to_device(inputs, targets, loss_name, device, dtype)
 
-    with _sampling_mode(model), torch.random.fork_rng(devices=[]):
-        flat = FlatModel(model, loss_fn, device, dtype)
+    attention = hf.eager_attention(model) if hf_model else contextlib.nullcontext()
+    with _sampling_mode(model), attention as user_attention, torch.random.fork_rng(devices=[]):
+        sampled = hf.HFLogits(model) if hf_model else model
+        flat = FlatModel(sampled, loss_fn, device, dtype, autocast_dtype)
         notes = Notes()
         problem = problems.make_problem(flat, inputs, targets, config, device_reason, notes)
-        return _run(problem, notes, progress, started)
+        result = _run(problem, notes, progress, started)
+    if hf_model:
+        result.extras.update({
+            "model_type": str(model.config.model_type),
+            "attn_implementation": hf.SAMPLED_ATTENTION,
+            "attn_implementation_model": user_attention,
+            "sampled_parameters": problem.num_params,
+        })
+    return result
 
 
 def _resolve_device(config: LLCConfig, model: torch.nn.Module, n: int) -> tuple[torch.device, str]:
