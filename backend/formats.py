@@ -42,6 +42,8 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, str]] = {
     "U8": ("uint8", "u1"),
     "BOOL": ("bool", "?"),
 }
+# A token dataset's tensors (the same names as estimator.tokens.TOKEN_FIELDS, which needs torch).
+TOKEN_FIELDS = ("input_ids", "attention_mask", "labels")
 # Names whose presence makes a zip a save_pretrained archive rather than an unknown zip.
 ARCHIVE_MARKERS = ("config.json", ".safetensors", ".safetensors.index.json", ".bin")
 NUMERIC_DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")

@@ -113,6 +113,13 @@ class Dataset(Base):
     x_dtype: Mapped[str] = mapped_column(String(20))
     y_dtype: Mapped[str] = mapped_column(String(20))
     storage_key: Mapped[str] = mapped_column(String(200))  # relative path inside ARTIFACT_DIR
+    # "xy": tensors x and y. "tokens": input_ids [N, T] with optional attention_mask [N, T] and labels
+    # ([N, T] or [N]); then x_* describe input_ids and y_* the labels (input_ids when there are none:
+    # a causal LM's targets are its inputs).
+    kind: Mapped[str] = mapped_column(String(20), default="xy", server_default="xy")
+    tensors: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # tokens: name -> {shape, dtype}
+    max_token_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # tokens: largest input id
+    seq_len: Mapped[int | None] = mapped_column(Integer, default=None)  # tokens: T
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

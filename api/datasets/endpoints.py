@@ -19,7 +19,9 @@ _UPLOAD_FORM = multipart_openapi(
         "file": {
             "type": "string",
             "format": "binary",
-            "description": "safetensors or npz holding tensors 'x' (inputs) and 'y' (targets), same first dimension",
+            "description": "safetensors or npz holding tensors 'x' (inputs) and 'y' (targets), same first dimension; "
+            "or a token dataset: 'input_ids' (integer [N, T]) with optional 'attention_mask' ([N, T], 0/1) and "
+            "'labels' ([N, T], -100 = not a target, or [N] classes)",
         },
         "name": {"type": "string", "maxLength": 300, "description": "A label (default: the file name)"},
     },

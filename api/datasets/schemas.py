@@ -21,6 +21,11 @@ class DatasetPublic(BaseModel):
     y_shape: list[int]
     x_dtype: str
     y_dtype: str
+    kind: Literal["xy", "tokens"] = Field(
+        "xy", description="xy: tensors x and y. tokens: input_ids [N, T] (+ attention_mask, labels); then x_* describe "
+        "input_ids and y_* the labels (input_ids when there are none)")
+    max_token_id: int | None = Field(None, description="Token datasets: the largest id in input_ids")
+    seq_len: int | None = Field(None, description="Token datasets: T, the tokens per sequence")
     created_at: datetime
 
 
