@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.formats import TensorInfo, read_npz, read_safetensors
+from backend.formats import TOKEN_FIELDS, TensorInfo, read_npz, read_safetensors
 from estimator.architectures import build_model, normalize, state_dict_spec
 
 
@@ -83,9 +83,11 @@ def _load_allowing_tied(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     model.tie_weights()
 
 
-def load_dataset(path: Path, format: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
-    """``(x, y)`` with the dtypes as stored, memory-mapped (copy-on-write) when the file allows it:
-    always for safetensors, for npz members stored uncompressed; compressed npz members are read."""
+def load_dataset(path: Path, format: str, kind: str = "xy") -> Any:  # noqa: A002
+    """``(x, y)``, or for a token dataset (``kind`` "tokens") the dict ``{"input_ids", "attention_mask"?,
+    "labels"?}`` that ``estimate_llc`` takes; dtypes as stored, memory-mapped (copy-on-write) when the
+    file allows it: always for safetensors, for npz members stored uncompressed; compressed npz
+    members are read."""
     path = Path(path)
     if format == "safetensors":
         tensors = read_safetensors(path)
@@ -93,6 +95,8 @@ def load_dataset(path: Path, format: str) -> tuple[torch.Tensor, torch.Tensor]: 
         tensors = read_npz(path)
     else:
         raise ValueError(f"unknown dataset format {format!r} (expected safetensors or npz)")
+    if kind == "tokens":
+        return {name: _tensor(path, tensors[name]) for name in TOKEN_FIELDS if name in tensors}
     return _tensor(path, tensors["x"]), _tensor(path, tensors["y"])
 
 

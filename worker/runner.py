@@ -359,11 +359,11 @@ def _estimate(settings: Settings, job_id: str, attempt: int, monitor: JobMonitor
     except Exception as exc:  # noqa: BLE001
         raise StepError("loading the checkpoint", exc) from exc
     try:
-        x, y = load_dataset(dataset_path, dataset.format)
+        data = load_dataset(dataset_path, dataset.format, dataset.kind)  # (x, y), or a dict of token tensors
     except Exception as exc:  # noqa: BLE001
         raise StepError("loading the dataset", exc) from exc
     try:
-        return estimate_llc(model, (x, y), loss=loss, config=llc_config, progress=monitor.on_progress)
+        return estimate_llc(model, data, loss=loss, config=llc_config, progress=monitor.on_progress)
     except Exception as exc:  # noqa: BLE001
         raise StepError("estimating the LLC", exc) from exc
 
