@@ -49,6 +49,7 @@ class BatchService:
         checkpoints = self._checkpoints(body)
         self.jobs.check_can_run(checkpoints)
         self.jobs.check_config(config, dataset)
+        self.jobs.check_fits(checkpoints, dataset, body.loss, config)
         self.jobs.check_capacity(len(checkpoints))
 
         batch = Batch(owner=self.principal.owner, collection=body.collection, dataset_id=dataset.id, loss=body.loss,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Principal
 from api.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
-from api.jobs import dedupe
+from api.jobs import dedupe, fit
 from api.jobs.repository import JobRepository
 from api.jobs.schemas import JobCreate, check_config_against
 from api.pagination import decode_cursor, page
@@ -74,6 +74,7 @@ class JobService:
             raise not_found("dataset", body.dataset_id)
         self.check_can_run([checkpoint])
         self.check_config(config, dataset)
+        self.check_fits([checkpoint], dataset, body.loss, config)
         self.check_capacity(1)
 
         job = self.new_job(checkpoint, dataset, body.loss, config, force=body.force, idempotency_key=idempotency_key)
@@ -103,6 +104,11 @@ class JobService:
         problem = check_config_against(config, n=dataset.n, max_draws=self.settings.max_draws)
         if problem is not None:
             raise Unprocessable(problem)
+
+    def check_fits(self, checkpoints: list[Checkpoint], dataset: Dataset, loss: str, config: dict) -> None:
+        """The dataset fits the loss and each model, and each model fits the worker's memory (api/jobs/fit.py)."""
+        for checkpoint in checkpoints:
+            fit.check_fits(self.settings, checkpoint, dataset, loss, config)
 
     def check_capacity(self, new_jobs: int) -> None:
         cap = self.settings.max_queued_jobs_per_owner

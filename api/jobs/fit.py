@@ -1,0 +1,185 @@
+"""Submit-time checks that a job can run at all: the dataset fits the loss and the model, and the
+model fits the worker's memory. Plain Python (the stored metadata only), so a job that would fail
+in the worker is refused with a 422 that names the numbers, before it is queued.
+
+- A token dataset needs a loss that reads token data: ``causal_lm`` (labels optional, [N, T]),
+  ``masked_lm`` (labels [N, T] required) or ``cross_entropy`` (labels [N], one class per sequence,
+  and a model that classifies sequences: an ``hf`` architecture with task ``sequence_classification``).
+- Token ids and LM labels must be below the model's vocabulary size and T at most its context length
+  (``architectures.token_limits``).
+- Memory: ``estimate_memory_bytes(params, chains, bytes, activations)`` against the worker's device
+  (``worker_memory_bytes``; in embedded mode the host's RAM). Refused only when even one chain at a
+  time (the sequential chain mode) does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from api.errors import Unprocessable
+from backend.models import Checkpoint, Dataset
+from backend.settings import Settings
+from estimator import architectures
+from estimator.config import LLCConfig
+
+TOKEN_LOSSES = ("causal_lm", "masked_lm", "cross_entropy")
+BYTES_PER_DTYPE = {"float32": 4, "float64": 8, "bfloat16": 4}  # bfloat16 keeps the chain state in float32
+DEFAULT_BATCH = 512  # LLCConfig's batch_size None: min(n, 512)
+_HIDDEN_FIELDS = ("hidden_size", "n_embd", "d_model")
+_LAYER_FIELDS = ("num_hidden_layers", "n_layer", "n_layers")
+
+
+def check_fits(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, loss: str, config: dict[str, Any]) -> None:
+    """Raise Unprocessable when the job cannot run: data/loss/model mismatch, or not enough memory."""
+    if dataset.kind == "tokens":
+        _check_token_data(checkpoint, dataset, loss)
+    _check_memory(settings, checkpoint, dataset, config)
+
+
+def _check_token_data(checkpoint: Checkpoint, dataset: Dataset, loss: str) -> None:
+    tensors = dataset.tensors or {}
+    labels = tensors.get("labels")
+    n, seq_len = dataset.n, dataset.seq_len
+    what = f"dataset '{dataset.id}'"
+    if loss not in TOKEN_LOSSES:
+        raise Unprocessable(f"loss {loss!r} does not apply to the token {what}; use one of {', '.join(TOKEN_LOSSES)}")
+    if loss == "masked_lm" and (labels is None or labels["shape"] != [n, seq_len]):
+        raise Unprocessable(f"loss masked_lm needs 'labels' [N, T] = {[n, seq_len]} in the {what} (the true tokens at "
+                            "the masked positions, -100 elsewhere)")
+    if loss == "causal_lm" and labels is not None and labels["shape"] != [n, seq_len]:
+        raise Unprocessable(f"loss causal_lm needs 'labels' of shape [N, T] = {[n, seq_len]} (or none: the input "
+                            f"ids are the targets); the {what} has labels {labels['shape']}")
+    architecture = checkpoint.architecture
+    if loss == "cross_entropy":
+        if labels is None or labels["shape"] != [n]:
+            raise Unprocessable(f"loss cross_entropy on tokens needs 'labels' [N] = {[n]} (one class per sequence) "
+                                f"in the {what}")
+        if architecture is not None and not (architecture.get("kind") == "hf"
+                                             and architecture.get("task") == "sequence_classification"):
+            raise Unprocessable(f"loss cross_entropy on a token dataset needs a sequence classifier (an hf checkpoint "
+                                f"with task sequence_classification); checkpoint '{checkpoint.id}' is "
+                                f"{_describe(architecture)}")
+    if architecture is None:
+        return  # a .pt2 archive: its input shapes are its own
+    limits = token_limits(architecture)
+    if limits is None:
+        raise Unprocessable(f"the token {what} needs a model that reads token ids (kind hf or transformer); "
+                            f"checkpoint '{checkpoint.id}' is {_describe(architecture)}")
+    vocab, context = limits
+    max_id = dataset.max_token_id if dataset.max_token_id is not None else 0
+    if max_id >= vocab:
+        raise Unprocessable(f"the {what} holds token id {max_id}, but the model's vocabulary has {vocab} entries "
+                            f"(ids 0..{vocab - 1})")
+    if seq_len is not None and seq_len > context:
+        raise Unprocessable(f"the {what} has sequences of T={seq_len} tokens, more than the model's context "
+                            f"length of {context}")
+    if labels is not None and loss in ("causal_lm", "masked_lm") and labels["max"] >= vocab:
+        raise Unprocessable(f"the {what} holds label {labels['max']}, but the model's vocabulary has {vocab} entries "
+                            f"(labels 0..{vocab - 1}, or -100)")
+    if labels is not None and loss == "cross_entropy":
+        classes = _num_labels(architecture)
+        if classes is not None and labels["max"] >= classes:
+            raise Unprocessable(f"the {what} holds class {labels['max']}, but the model has {classes} labels "
+                                f"(classes 0..{classes - 1})")
+
+
+def _describe(architecture: dict[str, Any]) -> str:
+    kind = architecture.get("kind")
+    return f"kind {kind}" + (f" with task {architecture.get('task')}" if kind == "hf" else "")
+
+
+def _num_labels(architecture: dict[str, Any]) -> int | None:
+    config = architecture.get("config") or {}
+    if isinstance(config.get("id2label"), dict) and config["id2label"]:
+        return len(config["id2label"])
+    value = config.get("num_labels")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def worker_memory_bytes(settings: Settings) -> int | None:
+    """The memory one job may use on its device: the setting, else (embedded mode, where the job runs
+    on this machine) the host's RAM; None when unknown (a broker's workers, not configured)."""
+    if settings.worker_memory_bytes:
+        return settings.worker_memory_bytes
+    if not settings.embedded:
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, config: dict[str, Any]) -> None:
+    available = worker_memory_bytes(settings)
+    if available is None:
+        return
+    defaults = LLCConfig()
+    chains = int(config.get("num_chains") or defaults.num_chains)
+    dtype = str(config.get("dtype") or defaults.dtype)
+    per_value = BYTES_PER_DTYPE.get(dtype, 4)
+    batch = int(config.get("batch_size") or min(dataset.n, DEFAULT_BATCH))
+    activations = _activation_bytes(checkpoint.architecture, batch, dataset, per_value)
+    params = int(checkpoint.num_params)
+    one_chain = estimate_memory_bytes(params, 1, per_value, activations)
+    if one_chain > available:
+        all_chains = estimate_memory_bytes(params, chains, per_value, activations)
+        raise Unprocessable(
+            f"the job needs about {_gib(one_chain)} even with one chain at a time ({params} parameters x (1 chain + 3) "
+            f"x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}; {_gib(all_chains)} for "
+            f"all {chains} chains at once), more than the worker's {_gib(available)}; use a smaller batch_size, "
+            "or a worker with more memory (LAMBDAHAT_WORKER_MEMORY_BYTES)"
+        )
+
+
+def estimate_memory_bytes(num_params: int, num_chains: int, bytes_per_param: int, activation_bytes: int) -> int:
+    try:
+        from estimator import memory
+    except ImportError:  # TODO(S): estimator.memory (helper E) replaces this fallback once it lands
+        return num_params * (num_chains + 3) * bytes_per_param + activation_bytes
+    return int(memory.estimate_memory_bytes(num_params, num_chains, bytes_per_param, activation_bytes))
+
+
+def _activation_estimate(batch: int, seq_len: int, hidden: int, layers: int, vocab: int, per_value: int) -> int:
+    try:
+        from estimator import memory
+    except ImportError:  # TODO(S): as above
+        return batch * seq_len * (16 * hidden * layers + 2 * vocab) * per_value
+    return int(memory.activation_bytes_estimate(batch, seq_len, hidden, layers, vocab, per_value))
+
+
+def token_limits(architecture: dict[str, Any]) -> tuple[int, int] | None:
+    limits = getattr(architectures, "token_limits", None)
+    if limits is not None:
+        return limits(architecture)
+    # TODO(S): the registry's token_limits (helper R) replaces this fallback once it lands
+    if architecture.get("kind") == "transformer":
+        return architecture["vocab_size"], architecture["context_length"]
+    if architecture.get("kind") == "hf":
+        from estimator.architectures import hf
+
+        return hf.token_limits(architecture)
+    return None
+
+
+def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: Dataset, per_value: int) -> int:
+    """Activations of one forward/backward at ``batch`` for sequence models (others: 0, as their
+    activations are small next to (chains + 3) copies of the parameters)."""
+    if architecture is None or dataset.kind != "tokens":
+        return 0
+    config = architecture.get("config") if architecture.get("kind") == "hf" else architecture
+    config = config or {}
+    hidden = next((config[f] for f in _HIDDEN_FIELDS if isinstance(config.get(f), int)), None)
+    layers = next((config[f] for f in _LAYER_FIELDS if isinstance(config.get(f), int)), None)
+    limits = token_limits(architecture)
+    if hidden is None or layers is None or limits is None:
+        return 0
+    return _activation_estimate(batch, dataset.seq_len or 1, hidden, layers, limits[0], per_value)
+
+
+def _gib(value: int) -> str:
+    return f"{value / 1024**3:.2f} GiB"
