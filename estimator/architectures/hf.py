@@ -18,6 +18,11 @@ curvature pass needs. The model is built in float32 whatever ``dtype`` the confi
 Tied weights (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) appear in the state_dict under
 both keys, but ``save_pretrained`` writes only one: the spec marks the other ``tied_to`` the one kept,
 and a checkpoint may omit it.
+
+Key names: the spec lists the keys under the names ``save_pretrained`` writes. transformers renames
+some on save and back on load (GPT-NeoX's ``lm_head.weight`` is saved as ``embed_out.weight``, the
+name Pythia's checkpoints use); :func:`saved_key_names` and :func:`model_key_names` apply
+transformers' own renaming tables, so the worker loads both spellings.
 """
 
 from __future__ import annotations
@@ -223,7 +228,45 @@ def _cached_spec(key: str) -> dict[str, TensorSpec]:
 
     with torch.device("meta"):
         model = build(json.loads(key))
-    return spec_of_module(model)
+    spec = spec_of_module(model)
+    saved = saved_key_names(model, list(spec))
+    return {
+        saved[key]: TensorSpec(s.shape, s.parameter, s.integer, saved[s.tied_to] if s.tied_to else None)
+        for key, s in spec.items()
+    }
+
+
+def _renamings(model: Any, *, reverse: bool) -> list[Any]:
+    """transformers' key renamings for ``model``: checkpoint -> model names, or (``reverse``) the
+    renamings save_pretrained applies. Only plain renamings exist for the allowlisted types; a tensor
+    conversion would mean the checkpoint layout differs from the model's, which this kind refuses."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, WeightRenaming
+
+    conversions = get_model_conversion_mapping(model, add_legacy=not reverse)
+    if reverse:
+        conversions = [c.reverse_transform() for c in conversions[::-1] if not isinstance(c, PrefixChange)]
+    unsupported = [type(c).__name__ for c in conversions if not isinstance(c, WeightRenaming)]
+    if unsupported:
+        raise ArchitectureError(f"hf: {type(model).__name__} needs weight conversions ({', '.join(unsupported)}) this kind does not apply")
+    return conversions
+
+
+def saved_key_names(model: Any, keys: list[str]) -> dict[str, str]:
+    """model state_dict key -> the name save_pretrained writes it under."""
+    from transformers.core_model_loading import apply_renamings
+
+    renamings = _renamings(model, reverse=True)
+    return {key: apply_renamings(key, renamings) for key in keys}
+
+
+def model_key_names(model: Any, keys: list[str]) -> dict[str, str]:
+    """checkpoint key -> the model's state_dict key (identity for keys already spelled the model's way)."""
+    from transformers.core_model_loading import apply_renamings
+
+    renamings = _renamings(model, reverse=False)
+    own = set(model.state_dict())
+    return {key: key if key in own else apply_renamings(key, renamings) for key in keys}
 
 
 def spec_of_module(model: Any) -> dict[str, TensorSpec]:

@@ -1,4 +1,8 @@
-"""The architecture registry: each kind's torch-free state_dict spec agrees with the module it builds."""
+"""The architecture registry: each kind's state_dict spec agrees with the module it builds.
+
+The plain-Python kinds compute their spec without torch; ``hf`` builds on the meta device. Kind
+``torchvision`` is checked in tests/vision (it needs the torchvision build for the installed torch).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,26 @@ CONFIGS = [
     {"kind": "transformer", "vocab_size": 7, "context_length": 4, "d_model": 8, "n_layers": 3, "n_heads": 1},
 ]
 
+# Tiny configs of every allowlisted Hugging Face model type (tests/estimator/test_hf_kind.py has more).
+_TINY = {"vocab_size": 96, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "intermediate_size": 64, "max_position_embeddings": 16}
+HF_CONFIGS = {
+    "gpt2": {"model_type": "gpt2", "vocab_size": 96, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16},
+    "gpt_neox": {**_TINY, "model_type": "gpt_neox"},
+    "llama": {**_TINY, "model_type": "llama", "num_key_value_heads": 2},
+    "qwen2": {**_TINY, "model_type": "qwen2", "num_key_value_heads": 2},
+    "mistral": {**_TINY, "model_type": "mistral", "num_key_value_heads": 2},
+    "bert": {**_TINY, "model_type": "bert"},
+}
+CONFIGS += [{"kind": "hf", "config": config} for config in HF_CONFIGS.values()]
+CONFIGS += [
+    {"kind": "hf", "task": "sequence_classification", "config": {**HF_CONFIGS["gpt2"], "pad_token_id": 0, "num_labels": 3}},
+    {"kind": "hf", "task": "sequence_classification", "config": {**HF_CONFIGS["llama"], "pad_token_id": 0}},
+    {"kind": "hf", "task": "sequence_classification", "config": HF_CONFIGS["bert"]},
+    {"kind": "hf", "task": "causal_lm", "config": {**HF_CONFIGS["bert"], "is_decoder": True}},
+    {"kind": "hf", "config": {**HF_CONFIGS["llama"], "tie_word_embeddings": True}},
+]
+
 
 def _example_input(config: dict) -> torch.Tensor:
     if config["kind"] == "mlp":
@@ -45,11 +69,17 @@ def _example_input(config: dict) -> torch.Tensor:
         return torch.randn(2, config["in_channels"], *normalize(config)["image_size"])
     if config["kind"] == "resnet":
         return torch.randn(2, normalize(config)["in_channels"], 9, 9)
+    if config["kind"] == "hf":
+        return torch.randint(1, config["config"]["vocab_size"], (2, 8))
     return torch.randint(0, config["vocab_size"], (2, config["context_length"]))
 
 
 def _expected_output_shape(config: dict) -> tuple[int, ...]:
     c = normalize(config)
+    if c["kind"] == "hf":
+        if c["task"] == "sequence_classification":
+            return (2, c["config"].get("num_labels", 2))
+        return (2, 8, c["config"]["vocab_size"])
     return {
         "mlp": lambda: (2, c.get("out_features")),
         "dln": lambda: (2, c["widths"][-1]),
@@ -60,7 +90,10 @@ def _expected_output_shape(config: dict) -> tuple[int, ...]:
 
 
 def test_every_registered_kind_is_checked_here():
-    assert {config["kind"] for config in CONFIGS} == set(KINDS)
+    assert {config["kind"] for config in CONFIGS} | {"torchvision"} == set(KINDS)  # torchvision: tests/vision
+    from estimator.architectures.hf import ALLOWED_MODEL_TYPES
+
+    assert {config["config"]["model_type"] for config in CONFIGS if config["kind"] == "hf"} == set(ALLOWED_MODEL_TYPES)
 
 
 def test_every_kind_has_the_registry_functions():
@@ -78,14 +111,26 @@ def test_modules_of_one_kind_share_their_classes():
     assert [type(m) for m in first.modules()] == [type(m) for m in second.modules()]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c["kind"])
+def _config_id(config: dict) -> str:
+    if config["kind"] == "hf":
+        return f"hf-{config['config']['model_type']}-{config.get('task', 'default')}"
+    return config["kind"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 def test_state_dict_spec_matches_the_torch_module(config):
     torch.manual_seed(0)
     model = build_model(config)
     spec = state_dict_spec(normalize(config))
     state = model.state_dict()
+    parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    if config["kind"] == "hf":  # the spec names keys as save_pretrained writes them
+        from estimator.architectures.hf import saved_key_names
+
+        saved = saved_key_names(model, list(state))
+        state = {saved[key]: tensor for key, tensor in state.items()}
+        parameter_names = {saved[name] for name in parameter_names}
     assert list(spec) == list(state), "keys (and their order) differ"
-    parameter_names = {name for name, _ in model.named_parameters()}
     for key, tensor in state.items():
         assert spec[key].shape == tuple(tensor.shape), key
         assert spec[key].parameter == (key in parameter_names), key
@@ -94,6 +139,8 @@ def test_state_dict_spec_matches_the_torch_module(config):
     assert check_weights(normalize(config), {k: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in state.items()}) == []
     with torch.no_grad():
         out = model.eval()(_example_input(config))
+    if config["kind"] == "hf":
+        out = out.logits
     assert tuple(out.shape) == _expected_output_shape(config)
 
 
