@@ -30,6 +30,9 @@ class Dataset(_ServerObject):
     y_shape: list[int] | None = None
     x_dtype: str | None = None
     y_dtype: str | None = None
+    kind: str | None = None  # "xy", or "tokens" (input_ids [N, T], optional attention_mask and labels)
+    max_token_id: int | None = None  # token datasets: the largest id in input_ids
+    seq_len: int | None = None  # token datasets: T
     created_at: datetime | None = None
 
 
