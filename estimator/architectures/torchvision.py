@@ -4,7 +4,8 @@ Config: ``{"kind": "torchvision", "name": "resnet18", "num_classes": 10}`` plus,
 builder keyword arguments listed in :data:`FAMILY_ARGUMENTS` (e.g. ``image_size`` for the ViTs,
 ``width_mult`` for mobilenet_v2). ``name`` is one of :data:`ALLOWED_NAMES`: classification models
 whose forward maps an image batch [B, 3, H, W] to logits [B, num_classes] in eval mode. Left out:
-googlenet and inception_v3 (auxiliary heads), maxvit_t (a fixed input size), and the detection,
+googlenet and inception_v3 (auxiliary heads), maxvit_t (a fixed input size), the regnets (their
+builders compute block widths with tensors, which fails on the meta device where specs are built), the detection,
 segmentation, video, optical-flow and quantized models. Pretrained weights are never downloaded:
 checkpoints bring their own.
 
@@ -37,8 +38,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "densenet": ("densenet121", "densenet161", "densenet169", "densenet201"),
     "squeezenet": ("squeezenet1_0", "squeezenet1_1"),
     "shufflenet": ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
-    "regnet": tuple(f"regnet_x_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf"))
-    + tuple(f"regnet_y_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")),
     "convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
     "vit": ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"),
     "swin": ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"),
@@ -61,7 +60,6 @@ FAMILY_ARGUMENTS: dict[str, dict[str, tuple[str, float, float]]] = {
     "densenet": {"drop_rate": _RATE, "memory_efficient": ("bool", 0, 1)},
     "squeezenet": {"dropout": _RATE},
     "shufflenet": {},
-    "regnet": {},
     "convnext": {"stochastic_depth_prob": _RATE},
     "vit": {"image_size": ("int", 1, 4096), "dropout": _RATE, "attention_dropout": _RATE},
     "swin": {},
@@ -70,7 +68,7 @@ FAMILY_ARGUMENTS: dict[str, dict[str, tuple[str, float, float]]] = {
 FAMILY_CLASSES = {
     "resnet": "ResNet", "vgg": "VGG", "alexnet": "AlexNet", "mobilenet_v2": "MobileNetV2",
     "mobilenet_v3": "MobileNetV3", "mnasnet": "MNASNet", "efficientnet": "EfficientNet", "densenet": "DenseNet",
-    "squeezenet": "SqueezeNet", "shufflenet": "ShuffleNetV2", "regnet": "RegNet", "convnext": "ConvNeXt",
+    "squeezenet": "SqueezeNet", "shufflenet": "ShuffleNetV2", "convnext": "ConvNeXt",
     "vit": "VisionTransformer", "swin": "SwinTransformer",
 }
 _VIT_PATCH = {"vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14}
