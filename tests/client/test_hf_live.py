@@ -91,3 +91,20 @@ def test_cli_uploads_a_runs_checkpoint_folders_with_steps_from_their_names(live_
     assert [c["step"] for c in uploaded] == [0, 16, 128]
     assert {c["collection"] for c in uploaded} == {"hf-live-cli"}
     assert all(c["architecture"]["kind"] == "hf" for c in uploaded)
+
+
+def test_async_client_uploads_a_pretrained_model_and_token_data(client_env: LiveServer):
+    import asyncio
+
+    from lambdahat import AsyncClient
+
+    async def scenario():  # noqa: ANN202
+        async with AsyncClient(client_env.url) as acl:
+            return await asyncio.gather(
+                acl.upload_checkpoint(tiny_gpt_neox(seed=8), collection="hf-live-async", step=8),
+                acl.upload_dataset({"input_ids": token_ids(n=4, seed=8)}),
+            )
+
+    checkpoint, dataset = asyncio.run(scenario())
+    assert checkpoint.architecture["kind"] == "hf" and checkpoint.step == 8
+    assert dataset.kind == "tokens" and dataset.n == 4
