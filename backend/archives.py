@@ -228,7 +228,8 @@ class _ZipReader:
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     raise FormatError(f"archive member {info.filename!r} is a symlink; links are not accepted")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # The file-type bits are only set by zips made on Unix; writers that leave them 0 mean a file.
+                if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise FormatError(f"archive member {info.filename!r} is not a regular file or folder")
                 if info.is_dir():
                     continue
