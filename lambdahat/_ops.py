@@ -179,8 +179,11 @@ def op_upload_checkpoint(
     task: str | None = None,
 ) -> Operation[Checkpoint]:
     form = _checkpoint_form(collection, step, name, task)
+    # The server names a checkpoint after its file by default; the archive's name is the client's
+    # doing, so folders and models are named after themselves (the folder, the model class).
     if serialize.is_pretrained_model(source):
         _no_architecture_for("a Hugging Face model (its config.json)", architecture)
+        form.setdefault("name", type(source).__name__)
         with tempfile.TemporaryDirectory(prefix="lambdahat-pretrained-") as scratch:
             folder = Path(scratch) / "model"
             source.save_pretrained(folder)  # safetensors: the default of every transformers that has it
@@ -188,6 +191,7 @@ def op_upload_checkpoint(
     if isinstance(source, str | Path) and Path(source).expanduser().is_dir():
         _no_architecture_for("a save_pretrained folder (its config.json)", architecture)
         folder = Path(source).expanduser()
+        form.setdefault("name", folder.resolve().name)
         return (yield from _upload_folder(folder, f"{folder.resolve().name}.tar", form))
     if serialize.is_exported_program(source):
         # Sent as the .pt2 file torch.export.save writes: the server loads it as any .pt2 upload

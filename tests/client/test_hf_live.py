@@ -89,6 +89,7 @@ def test_cli_uploads_a_runs_checkpoint_folders_with_steps_from_their_names(live_
     assert result.returncode == 0, result.stderr
     uploaded = json.loads(result.stdout)
     assert [c["step"] for c in uploaded] == [0, 16, 128]
+    assert [c["name"] for c in uploaded] == ["step0", "step16", "step128"]
     assert {c["collection"] for c in uploaded} == {"hf-live-cli"}
     assert all(c["architecture"]["kind"] == "hf" for c in uploaded)
 

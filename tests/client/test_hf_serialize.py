@@ -194,7 +194,7 @@ def test_folder_upload_sends_a_tar_with_the_form_fields(pretrained_folder: Path)
     call = first_call(op_upload_checkpoint(str(pretrained_folder), None, "run", 16, None, "causal_lm"))
     filename, data = sent_bytes(call)
     assert filename == "step16.tar"
-    assert call.data == {"collection": "run", "step": "16", "task": "causal_lm"}
+    assert call.data == {"collection": "run", "step": "16", "task": "causal_lm", "name": "step16"}
     assert sorted(tar_members(data)) == ["config.json", "model.safetensors"]
     with pytest.raises(ValueError, match="leave out architecture"):
         first_call(op_upload_checkpoint(pretrained_folder, {"kind": "mlp"}, None, None, None))
@@ -203,6 +203,8 @@ def test_folder_upload_sends_a_tar_with_the_form_fields(pretrained_folder: Path)
 def test_pretrained_model_upload_sends_what_save_pretrained_writes():
     model = tiny_gpt_neox(seed=3)
     assert is_pretrained_model(model) and not is_pretrained_model(nn.Linear(2, 2))
+    call = first_call(op_upload_checkpoint(model, None, "run", 0, None, None))
+    assert call.data == {"collection": "run", "step": "0", "name": "GPTNeoXForCausalLM"}
     call = first_call(op_upload_checkpoint(model, None, "run", 0, "init", None))
     filename, data = sent_bytes(call)
     assert filename == "GPTNeoXForCausalLM.tar" and call.data == {"collection": "run", "step": "0", "name": "init"}
