@@ -70,6 +70,19 @@ def test_folder_upload_then_causal_lm_job_matches_the_library(client: Client, tm
     assert job.result.llc_mean == pytest.approx(expected.llc_mean, abs=1e-3)
 
 
+def test_archive_path_is_uploaded_as_it_is(client: Client, tmp_path):
+    import zipfile
+
+    folder = tmp_path / "saved"
+    tiny_gpt_neox(seed=6).save_pretrained(folder)
+    archive = tmp_path / "step6.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in ("config.json", "model.safetensors"):
+            zipped.write(folder / name, f"saved/{name}")  # under one top folder, as zip tools make it
+    checkpoint = client.upload_checkpoint(archive, collection="hf-live-zip", step=6, task="causal_lm")
+    assert checkpoint.architecture["kind"] == "hf" and checkpoint.name == "step6.zip"
+
+
 def test_exported_program_is_uploaded_as_pt2(client: Client):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     program = torch.export.export(model, (torch.randn(2, 4),))
@@ -109,3 +122,19 @@ def test_async_client_uploads_a_pretrained_model_and_token_data(client_env: Live
     checkpoint, dataset = asyncio.run(scenario())
     assert checkpoint.architecture["kind"] == "hf" and checkpoint.step == 8
     assert dataset.kind == "tokens" and dataset.n == 4
+
+
+def test_torchvision_resnet18_is_uploaded_and_scored(client: Client):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    checkpoint = client.upload_checkpoint(model, collection="tv-live", step=0)  # architecture inferred
+    assert checkpoint.architecture["kind"] == "torchvision" and checkpoint.architecture["name"] == "resnet18"
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((32, 3, 32, 32)).astype(np.float32), "y": rng.integers(0, 10, 32)}
+    dataset = client.upload_dataset(data)
+    config = {**FAST_CONFIG, "num_chains": 1, "num_draws": 5, "num_burnin_steps": 2, "batch_size": 8}
+    job = client.wait(client.submit(checkpoint, dataset, loss="cross_entropy", config=config), progress=False,
+                      timeout=600)
+    assert job.succeeded, job.error
+    assert math.isfinite(job.result.llc_mean)
