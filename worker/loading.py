@@ -58,10 +58,10 @@ def _load_allowing_tied(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     from estimator.architectures.hf import model_key_names
 
     # Keys as save_pretrained writes them (GPT-NeoX: embed_out) or as the module names them (lm_head).
-    renamed = model_key_names(model, list(state))
+    saved_ties = {key: spec.tied_to for key, spec in state_dict_spec(config).items() if spec.tied_to is not None}
+    renamed = model_key_names(model, [*state, *saved_ties, *saved_ties.values()])
     state = {renamed[key]: tensor for key, tensor in state.items()}
-    saved = {key: spec.tied_to for key, spec in state_dict_spec(config).items() if spec.tied_to is not None}
-    ties = {model_key_names(model, [k])[k]: model_key_names(model, [v])[v] for k, v in saved.items()}
+    ties = {renamed[key]: renamed[source] for key, source in saved_ties.items()}
     # Either key of a tied pair may carry the shared weight; when both do they must agree, else the
     # config's tie (tie_word_embeddings) does not describe these weights.
     untied = [
