@@ -20,7 +20,7 @@ from typing import Any
 from api.errors import Unprocessable
 from backend.models import Checkpoint, Dataset
 from backend.settings import Settings
-from estimator import architectures
+from estimator import architectures, memory
 from estimator.config import LLCConfig
 
 TOKEN_LOSSES = ("causal_lm", "masked_lm", "cross_entropy")
@@ -62,7 +62,7 @@ def _check_token_data(checkpoint: Checkpoint, dataset: Dataset, loss: str) -> No
                                 f"{_describe(architecture)}")
     if architecture is None:
         return  # a .pt2 archive: its input shapes are its own
-    limits = token_limits(architecture)
+    limits = architectures.token_limits(architecture)
     if limits is None:
         raise Unprocessable(f"the token {what} needs a model that reads token ids (kind hf or transformer); "
                             f"checkpoint '{checkpoint.id}' is {_describe(architecture)}")
@@ -124,46 +124,16 @@ def _check_memory(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, 
     per_value = BYTES_PER_DTYPE.get(dtype, 4)
     batch = int(config.get("batch_size") or min(dataset.n, DEFAULT_BATCH))
     activations = _activation_bytes(checkpoint.architecture, batch, dataset, per_value)
-    params = int(checkpoint.num_params)
-    one_chain = estimate_memory_bytes(params, 1, per_value, activations)
+    params = max(int(checkpoint.num_params), 1)  # the estimate takes at least one parameter
+    one_chain = memory.estimate_memory_bytes(params, 1, per_value, activations)
     if one_chain > available:
-        all_chains = estimate_memory_bytes(params, chains, per_value, activations)
+        all_chains = memory.estimate_memory_bytes(params, chains, per_value, activations)
         raise Unprocessable(
             f"the job needs about {_gib(one_chain)} even with one chain at a time ({params} parameters x (1 chain + 3) "
             f"x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}; {_gib(all_chains)} for "
             f"all {chains} chains at once), more than the worker's {_gib(available)}; use a smaller batch_size, "
             "or a worker with more memory (LAMBDAHAT_WORKER_MEMORY_BYTES)"
         )
-
-
-def estimate_memory_bytes(num_params: int, num_chains: int, bytes_per_param: int, activation_bytes: int) -> int:
-    try:
-        from estimator import memory
-    except ImportError:  # TODO(S): estimator.memory (helper E) replaces this fallback once it lands
-        return num_params * (num_chains + 3) * bytes_per_param + activation_bytes
-    return int(memory.estimate_memory_bytes(num_params, num_chains, bytes_per_param, activation_bytes))
-
-
-def _activation_estimate(batch: int, seq_len: int, hidden: int, layers: int, vocab: int, per_value: int) -> int:
-    try:
-        from estimator import memory
-    except ImportError:  # TODO(S): as above
-        return batch * seq_len * (16 * hidden * layers + 2 * vocab) * per_value
-    return int(memory.activation_bytes_estimate(batch, seq_len, hidden, layers, vocab, per_value))
-
-
-def token_limits(architecture: dict[str, Any]) -> tuple[int, int] | None:
-    limits = getattr(architectures, "token_limits", None)
-    if limits is not None:
-        return limits(architecture)
-    # TODO(S): the registry's token_limits (helper R) replaces this fallback once it lands
-    if architecture.get("kind") == "transformer":
-        return architecture["vocab_size"], architecture["context_length"]
-    if architecture.get("kind") == "hf":
-        from estimator.architectures import hf
-
-        return hf.token_limits(architecture)
-    return None
 
 
 def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: Dataset, per_value: int) -> int:
@@ -175,10 +145,10 @@ def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: 
     config = config or {}
     hidden = next((config[f] for f in _HIDDEN_FIELDS if isinstance(config.get(f), int)), None)
     layers = next((config[f] for f in _LAYER_FIELDS if isinstance(config.get(f), int)), None)
-    limits = token_limits(architecture)
+    limits = architectures.token_limits(architecture)
     if hidden is None or layers is None or limits is None:
         return 0
-    return _activation_estimate(batch, dataset.seq_len or 1, hidden, layers, limits[0], per_value)
+    return memory.activation_bytes_estimate(batch, dataset.seq_len or 1, hidden, layers, limits[0], per_value)
 
 
 def _gib(value: int) -> str:
