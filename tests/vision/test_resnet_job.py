@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import api, make_api, service_settings, upload_checkpoint, upload_dataset, write_safetensors  # noqa: F401
+from tests.helpers import api, make_api, service_settings  # noqa: F401 - the service fixtures (both databases)
+from tests.helpers import upload_checkpoint, upload_dataset, write_safetensors
 
 RESNET18 = {"kind": "torchvision", "name": "resnet18", "num_classes": 10}
 CONFIG = {"num_chains": 2, "num_draws": 4, "num_burnin_steps": 2, "epsilon": 1e-5, "gamma": 100.0,
@@ -15,7 +16,7 @@ CONFIG = {"num_chains": 2, "num_draws": 4, "num_burnin_steps": 2, "epsilon": 1e-
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_a_resnet18_job_scores_like_the_library(api, tmp_path):  # noqa: ANN001
+def test_a_resnet18_job_scores_like_the_library(api, tmp_path):  # noqa: ANN001, F811
     import torch
     from safetensors.torch import save_file
     from torchvision import models
