@@ -7,8 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import api, make_api, service_settings  # noqa: F401 - the service fixtures (both databases)
-from tests.helpers import upload_checkpoint, upload_dataset, write_safetensors
+from tests.helpers import (  # noqa: F401 - the service fixtures (both databases)
+    api,
+    make_api,
+    service_settings,
+    upload_checkpoint,
+    upload_dataset,
+    write_safetensors,
+)
 
 RESNET18 = {"kind": "torchvision", "name": "resnet18", "num_classes": 10}
 CONFIG = {"num_chains": 2, "num_draws": 4, "num_burnin_steps": 2, "epsilon": 1e-5, "gamma": 100.0,
