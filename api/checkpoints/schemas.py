@@ -16,12 +16,14 @@ class CheckpointPublic(BaseModel):
     collection: str | None = Field(description="Groups checkpoints, e.g. one training run")
     step: int | None = Field(description="Training step this checkpoint was saved at")
     format: Literal["safetensors", "pt", "pt2"]
-    sha256: str = Field(description="SHA-256 of the uploaded file")
-    size_bytes: int
+    sha256: str = Field(description="SHA-256 of the stored file: the uploaded file, or for a save_pretrained "
+                        "archive the one safetensors file its weights were merged into")
+    size_bytes: int = Field(description="Size of the stored file")
     architecture: dict[str, Any] | None = Field(
-        description="The built-in architecture config with defaults filled in (null for .pt2 archives)"
+        description="The architecture config with defaults filled in (null for .pt2 archives); for Hugging Face "
+        'checkpoints {"kind": "hf", "task": ..., "config": <config.json>}'
     )
-    num_params: int = Field(description="Number of trainable parameters (buffers excluded)")
+    num_params: int = Field(description="Number of trainable parameters (buffers excluded, tied parameters once)")
     created_at: datetime
 
 
