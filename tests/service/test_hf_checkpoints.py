@@ -239,3 +239,20 @@ def test_each_model_type_scores_like_the_library(api, tmp_path, model_type):  # 
                             config=LLCConfig(**CONFIG))
     assert abs(result["llc_mean"] - expected.llc_mean) <= 1e-3, (result["llc_mean"], expected.llc_mean)
     assert result["init_loss"] == pytest.approx(expected.init_loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("entry_point", ["api.app", "ops.serve", "worker.runner", "worker.job_process",
+                                         "worker.celery_worker"])
+def test_every_service_process_runs_offline(entry_point):
+    """Importing any entry point switches the Hugging Face hub off, even when the caller's environment
+    says otherwise; subprocesses (inspectors, job processes) inherit it. (The inspector also switches
+    it off itself before importing transformers: worker/inspect_architecture.py.)"""
+    code = (f"import os, {entry_point}, subprocess, sys\n"
+            "child = subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"HF_HUB_OFFLINE\"])'],"
+            " capture_output=True, text=True).stdout.strip()\n"
+            "print(os.environ['HF_HUB_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'], child)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_OFFLINE")}
+    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "1"]
