@@ -77,10 +77,10 @@ def exact_posterior_normal_crossing(
     return float((p * nbeta * K).sum() / p.sum())
 
 
-def run_case(case: vc.Case, seed: int) -> Row:
+def run_case(case: vc.Case, seed: int, dtype: str = "float32") -> Row:
     model, data = case.build(seed)
     started = time.perf_counter()
-    result = estimate_llc(model, data, loss=case.loss, config=LLCConfig(seed=seed))
+    result = estimate_llc(model, data, loss=case.loss, config=LLCConfig(seed=seed, dtype=dtype))
     seconds = time.perf_counter() - started
     posterior = None
     if case.family == "normal_crossing" and case.k is not None:
@@ -101,7 +101,7 @@ def run_case(case: vc.Case, seed: int) -> Row:
     )
 
 
-def line_dot(seeds: int, n: int) -> tuple[int, list[tuple[float, float]], float]:
+def line_dot(seeds: int, n: int, dtype: str = "float32") -> tuple[int, list[tuple[float, float]], float]:
     dot, line = vc.line_dot_cases(n)
     started = time.perf_counter()
     pairs = []
@@ -109,7 +109,7 @@ def line_dot(seeds: int, n: int) -> tuple[int, list[tuple[float, float]], float]
         values = []
         for case in (dot, line):
             model, data = case.build(seed)
-            values.append(estimate_llc(model, data, loss="mse", config=LLCConfig(seed=seed)).llc_mean)
+            values.append(estimate_llc(model, data, loss="mse", config=LLCConfig(seed=seed, dtype=dtype)).llc_mean)
         pairs.append((values[0], values[1]))
     right = sum(1 for at_dot, on_line in pairs if at_dot < on_line)
     return right, pairs, time.perf_counter() - started
@@ -142,14 +142,22 @@ def main() -> int:
     parser.add_argument("--line-dot-seeds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on 1)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "validation.md")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="LLCConfig.dtype of every run (bfloat16: float32 chains, bfloat16 autocast)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated case names to run (default: the whole battery or --quick's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     cases = vc.quick_battery() if args.quick else vc.battery()
+    if args.cases:
+        wanted = args.cases.split(",")
+        cases = [c for c in vc.battery() + vc.quick_battery() if c.name in wanted]
+        cases = list({c.name: c for c in cases}.values())
     rows = []
     started = time.perf_counter()
     for case in cases:
-        row = run_case(case, args.seed)
+        row = run_case(case, args.seed, args.dtype)
         rows.append(row)
         print(
             f"{case.name:34s} λ={float(case.llc):8.4g}  λ̂={row.estimate:9.4g} ± {row.std:7.2g}  "
@@ -157,7 +165,7 @@ def main() -> int:
             flush=True,
         )
     seeds = 3 if args.quick else args.line_dot_seeds
-    right, pairs, ld_seconds = line_dot(seeds, vc.LINE_DOT_N)
+    right, pairs, ld_seconds = line_dot(seeds, vc.LINE_DOT_N, args.dtype)
     total = time.perf_counter() - started
 
     errors = [abs(r.rel_error) for r in rows]
@@ -182,7 +190,7 @@ def main() -> int:
     print(table)
     print()
     print(summary)
-    if not args.quick:
+    if not args.quick and not args.cases and args.dtype == "float32":
         args.output.write_text(render_doc(table, summary, args))
         print(f"\nwrote {args.output}")
     ok = median <= 0.05 and not failures and ordering >= 0.95

@@ -534,3 +534,29 @@ def test_a_burnin_too_short_to_settle_still_checks_its_steps(burnin):
                           config=LLCConfig(num_chains=2, num_draws=20, num_burnin_steps=burnin, seed=0))
     assert result.config.num_burnin_steps == burnin
     assert math.isfinite(result.llc_mean) and result.diagnostics["diverged_chains"] == []
+
+
+def test_bfloat16_runs_the_model_in_autocast_with_float32_chains(classifier):
+    """dtype="bfloat16": w* and the chains stay float32, the forward runs in bfloat16 (so L_n(w*)
+    moves by bfloat16 rounding), and λ̂ lands near the float32 run's."""
+    from estimator.functional import FlatModel
+    from estimator.losses import LOSSES
+
+    model, x, y = classifier
+    flat = FlatModel(model, LOSSES["cross_entropy"], torch.device("cpu"), torch.float32, torch.bfloat16)
+    assert flat.w_star.dtype == torch.float32
+    assert flat.loss(flat.w_star, x, y).dtype == torch.float32
+    full = estimate_llc(model, (x, y), config=QUICK)
+    half = estimate_llc(model, (x, y), config=QUICK.replace(dtype="bfloat16"))
+    assert half.config.dtype == "bfloat16"
+    assert half.init_loss != full.init_loss
+    assert half.init_loss == pytest.approx(full.init_loss, rel=1e-2)
+    assert half.llc_mean == pytest.approx(full.llc_mean, rel=0.1)
+
+
+def test_token_losses_and_bfloat16_are_accepted_names():
+    from estimator.config import DTYPES, LOSSES
+
+    assert {"causal_lm", "masked_lm"} <= set(LOSSES) and "bfloat16" in DTYPES
+    with pytest.raises(ValueError, match="float32, float64, bfloat16"):
+        LLCConfig(dtype="float16")
