@@ -177,9 +177,9 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> int:
     else:
         inspected = inspect_torch_file(path)
         tensors = {k: (tuple(v["shape"]), v["dtype"]) for k, v in inspected.items()}
-    if _spec_needs_torch(architecture):
+    if architectures.spec_needs_torch(architecture):
         spec, num_params = expected_spec(architecture)
-        problems = _check_against_spec(spec, tensors)
+        problems = architectures.check_weights(architecture, tensors, spec)
     else:
         problems = architectures.check_weights(architecture, tensors)
         num_params = architectures.num_params(architecture)
@@ -194,45 +194,6 @@ def _check_weights(path: Path, fmt: str, architecture: dict[str, Any]) -> int:
         listing = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:20])
         raise Unprocessable(f"the weights contain non-finite values (NaN or inf): {listing}")
     return num_params
-
-
-def _spec_needs_torch(architecture: dict[str, Any]) -> bool:
-    needs = getattr(architectures, "spec_needs_torch", None)
-    if needs is None:  # TODO(S): the registry's function (helper R) replaces this fallback once it lands
-        return architecture.get("kind") in ("hf", "torchvision")
-    return bool(needs(architecture))
-
-
-def _check_against_spec(spec: dict[str, architectures.TensorSpec],
-                        tensors: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
-    """``architectures.check_weights`` against a spec the inspector gave: a key tied to another
-    parameter (``tied_to``) may be left out, as save_pretrained does."""
-    problems: list[str] = []
-    missing = [k for k, v in spec.items() if k not in tensors and not v.tied_to]
-    unexpected = [k for k in tensors if k not in spec]
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    mismatched, bad_dtypes = [], []
-    for key, expected in spec.items():
-        if key not in tensors:
-            continue
-        shape, dtype = tensors[key]
-        if tuple(shape) != expected.shape:
-            mismatched.append(f"{key}: expected {list(expected.shape)}, got {list(shape)}")
-        allowed = architectures.INT_DTYPES if expected.integer else architectures.FLOAT_DTYPES
-        if dtype not in allowed:
-            bad_dtypes.append(f"{key}: {dtype} (expected one of {', '.join(allowed)})")
-    if mismatched:
-        problems.append(f"shape mismatches: {_listing(mismatched)}")
-    if bad_dtypes:
-        problems.append(f"unsupported dtypes: {_listing(bad_dtypes)}")
-    return problems
-
-
-def _listing(items: list[str], limit: int = 20) -> str:
-    return ", ".join(items[:limit]) + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
 class _SpecCache:
@@ -271,16 +232,7 @@ def expected_spec(architecture: dict[str, Any]) -> tuple[dict[str, architectures
     result = _run_inspector([sys.executable, "-m", "worker.inspect_architecture"], key.encode(),
                             what=f"the {architecture.get('kind')} architecture")
     try:
-        spec = {
-            name: architectures.TensorSpec(
-                shape=tuple(int(d) for d in entry["shape"]),
-                parameter=bool(entry.get("parameter", True)),
-                integer=bool(entry.get("integer", False)),
-                tied_to=entry.get("tied_to"),
-            )
-            for name, entry in result["spec"].items()
-        }
-        value = (spec, int(result["num_params"]))
+        value = (architectures.spec_from_json(result["spec"]), int(result["num_params"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise Unprocessable(f"invalid architecture: the inspector's answer is malformed ({exc})") from None
     _spec_cache.put(key, value)
