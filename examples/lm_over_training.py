@@ -223,14 +223,19 @@ def plot(rows: list[dict[str, Any]], snapshots: list[Snapshot], out: Path) -> No
     plt.close(figure)
 
 
+def warning_codes(warnings: list[Any]) -> str:
+    """The distinct codes of a job's warnings (``ess_low``, ...), in the order they first appear."""
+    codes = [w.get("code", "?") if isinstance(w, dict) else str(w).split(":")[0] for w in warnings]
+    return ", ".join(dict.fromkeys(codes))
+
+
 def report(rows: list[dict[str, Any]], snapshots: list[Snapshot]) -> str:
     by_step = {r["step"]: r for r in rows}
-    lines = ["| step | training loss | held-out loss | λ̂ ± std |", "|---:|---:|---:|---:|"]
+    lines = ["| step | training loss | held-out loss | λ̂ ± std | warnings |", "|---:|---:|---:|---:|---|"]
     for snap in snapshots:
         row = by_step[snap.step]
-        flag = " (!)" if row["warnings"] else ""
         lines.append(f"| {snap.step} | {snap.train_loss:.3f} | {snap.heldout_loss:.3f} | "
-                     f"{row['llc_mean']:.1f} ± {row['llc_std'] or 0.0:.1f}{flag} |")
+                     f"{row['llc_mean']:.1f} ± {row['llc_std'] or 0.0:.1f} | {warning_codes(row['warnings'])} |")
     return "\n".join(lines)
 
 
