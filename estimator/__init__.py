@@ -2,6 +2,11 @@
 
     from estimator import estimate_llc, LLCConfig, LLCResult
     result = estimate_llc(model, (inputs, targets), loss="cross_entropy", config=LLCConfig(seed=0))
+    result = estimate_llc(hf_model, {"input_ids": ids}, loss="causal_lm")   # a transformers model
+
+Token data (a dict with ``input_ids`` or a Hugging Face ``Dataset``) is read by estimator/tokens.py,
+transformers models are wrapped by estimator/hf.py, and estimator/memory.py sizes a run before it
+starts (pure Python).
 
 A pure library (torch + numpy; matplotlib for `estimator.plots` only). See docs/estimator.md.
 
