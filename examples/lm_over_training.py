@@ -46,8 +46,10 @@ HELDOUT_EVERY = 10  # every 10th file is held out: its loss is the generalisatio
 NUM_SCORED_SEQUENCES = 1024  # the LLC dataset: this many training sequences of CONTEXT tokens, spread
 # A fixed step size and localisation for every checkpoint, so λ̂ is comparable along training (the
 # automatic ε is chosen per checkpoint from its curvature); nβ is the estimator's default n / log n.
-LLC_CONFIG: dict[str, Any] = {"num_chains": 2, "num_burnin_steps": 150, "num_draws": 250, "batch_size": 16,
-                              "epsilon": 2e-4, "gamma": 300.0, "seed": 0}
+# ε = 2e-4 drew mala_acceptance warnings (acceptance 0.66 at step 64); 1e-4 moves the estimate at
+# step 64 by 1 (114.7 -> 113.7) and leaves only ess_low there.
+LLC_CONFIG: dict[str, Any] = {"num_chains": 2, "num_burnin_steps": 200, "num_draws": 300, "batch_size": 16,
+                              "epsilon": 1e-4, "gamma": 300.0, "seed": 0}
 
 QUICK_STEPS = (0, 16, 64)
 QUICK_NUM_FILES = 12
