@@ -9,6 +9,10 @@ Default labels: ``causal_lm`` (and a callable loss) predicts the input itself, s
 ``input_ids`` with the padding positions (``attention_mask == 0``) set to ``IGNORE_INDEX``; every
 other loss needs ``labels`` (``masked_lm``: which positions are masked and their true tokens;
 ``cross_entropy``: one class per sequence, shape [N]).
+
+What the model sees: a transformers model gets the ids and the attention mask (packed as
+[N, 2, T] and unpacked by estimator.hf.HFLogits); any other module gets the ids [N, T] alone, and
+the mask then only sets the padding labels (such a module has no way to take a mask).
 """
 
 from __future__ import annotations
