@@ -145,13 +145,13 @@ def main() -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="LLCConfig.dtype of every run (bfloat16: float32 chains, bfloat16 autocast)")
     parser.add_argument("--cases", default=None,
-                        help="comma-separated case names to run (default: the whole battery or --quick's)")
+                        help="semicolon-separated case names to run (names hold commas) (default: the whole battery or --quick's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     cases = vc.quick_battery() if args.quick else vc.battery()
     if args.cases:
-        wanted = args.cases.split(",")
+        wanted = args.cases.split(";")
         cases = [c for c in vc.battery() + vc.quick_battery() if c.name in wanted]
         cases = list({c.name: c for c in cases}.values())
     rows = []
