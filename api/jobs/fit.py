@@ -8,8 +8,11 @@ in the worker is refused with a 422 that names the numbers, before it is queued.
 - Token ids and LM labels must be below the model's vocabulary size and T at most its context length
   (``architectures.token_limits``).
 - Memory: ``estimate_memory_bytes(params, chains, bytes, activations)`` against the worker's device
-  (``worker_memory_bytes``; in embedded mode the host's RAM). Refused only when even one chain at a
-  time (the sequential chain mode) does not fit.
+  (``worker_memory_bytes``; in embedded mode the host's RAM). That is the run with one chain at a
+  time (the state of every chain is held whatever the chain mode, so chains cost memory even then);
+  when it does not fit the job is refused. When it fits but all chains in one vectorised call
+  (each adding a gradient row and its own activations) would not, the job's
+  ``max_chains_per_chunk`` is set to the most chains per call that fit, unless the request set it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ _LAYER_FIELDS = ("num_hidden_layers", "n_layer", "n_layers")
 
 
 def check_fits(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, loss: str, config: dict[str, Any]) -> None:
-    """Raise Unprocessable when the job cannot run: data/loss/model mismatch, or not enough memory."""
+    """Raise Unprocessable when the job cannot run: data/loss/model mismatch, or not enough memory.
+    May set ``config["max_chains_per_chunk"]`` so that vectorised chains fit the worker's memory."""
     if dataset.kind == "tokens":
         _check_token_data(checkpoint, dataset, loss)
     _check_memory(settings, checkpoint, dataset, config)
@@ -125,15 +129,20 @@ def _check_memory(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, 
     batch = int(config.get("batch_size") or min(dataset.n, DEFAULT_BATCH))
     activations = _activation_bytes(checkpoint.architecture, batch, dataset, per_value)
     params = max(int(checkpoint.num_params), 1)  # the estimate takes at least one parameter
-    one_chain = memory.estimate_memory_bytes(params, 1, per_value, activations)
-    if one_chain > available:
-        all_chains = memory.estimate_memory_bytes(params, chains, per_value, activations)
+    one_at_a_time = memory.estimate_memory_bytes(params, chains, per_value, activations)
+    if one_at_a_time > available:
         raise Unprocessable(
-            f"the job needs about {_gib(one_chain)} even with one chain at a time ({params} parameters x (1 chain + 3) "
-            f"x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}; {_gib(all_chains)} for "
-            f"all {chains} chains at once), more than the worker's {_gib(available)}; use a smaller batch_size, "
+            f"the job needs about {_gib(one_at_a_time)} even with one chain at a time ({params} parameters x "
+            f"({chains} chains + 3) x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}), "
+            f"more than the worker's {_gib(available)}; use fewer chains or a smaller batch_size, "
             "or a worker with more memory (LAMBDAHAT_WORKER_MEMORY_BYTES)"
         )
+    if config.get("max_chains_per_chunk") is None and chains > 1:
+        # Each further chain in a vectorised call holds its own gradient row and activations.
+        per_extra_chain = params * per_value + activations
+        fitting = 1 + (available - one_at_a_time) // max(1, per_extra_chain)
+        if fitting < chains:
+            config["max_chains_per_chunk"] = int(fitting)
 
 
 def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: Dataset, per_value: int) -> int:
@@ -152,4 +161,8 @@ def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: 
 
 
 def _gib(value: int) -> str:
-    return f"{value / 1024**3:.2f} GiB"
+    """A byte count for people: GiB from 1 GiB up, MiB below, KiB below that."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value / 1024:.1f} KiB"

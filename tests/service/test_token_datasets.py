@@ -164,6 +164,28 @@ def test_a_model_that_does_not_fit_the_workers_memory(api, tmp_path, transformer
     assert r.status_code == 202, r.text
 
 
+def test_chains_are_chunked_to_fit_the_workers_memory(api, tmp_path, transformer_checkpoint):  # noqa: ANN001
+    """Every chain's state fits but all chains in one vectorised call would not: the job runs with as
+    many chains per call as fit, and a chunk size the request gives is kept."""
+    from estimator import memory
+
+    dataset = _dataset(api, tmp_path, input_ids=token_ids(seq_len=8))
+    params = api.get(f"/v1/checkpoints/{transformer_checkpoint}").json()["num_params"]
+    config = {**CONFIG, "num_chains": 8, "batch_size": 4}
+    activations = memory.activation_bytes_estimate(4, 8, TRANSFORMER["d_model"], 1, TRANSFORMER["vocab_size"], 4)
+    one_at_a_time = memory.estimate_memory_bytes(params, 8, 4, activations)
+    # Room for a second chain per call beyond the sequential run's needs, not for all eight.
+    api.settings.worker_memory_bytes = one_at_a_time + 2 * (params * 4 + activations)
+    r = api.post("/v1/jobs", json={"checkpoint_id": transformer_checkpoint, "dataset_id": dataset, "loss": "causal_lm",
+                                   "config": config})
+    assert r.status_code == 202, r.text
+    chunk = r.json()["config"]["max_chains_per_chunk"]
+    assert chunk == 3
+    r = api.post("/v1/jobs", json={"checkpoint_id": transformer_checkpoint, "dataset_id": dataset, "loss": "causal_lm",
+                                   "config": {**config, "max_chains_per_chunk": 8, "seed": 1}})
+    assert r.status_code == 202 and r.json()["config"]["max_chains_per_chunk"] == 8, r.text
+
+
 def test_batches_check_every_checkpoint(api, tmp_path, transformer_checkpoint):  # noqa: ANN001
     dataset = _dataset(api, tmp_path, input_ids=token_ids(seq_len=16))
     r = api.post("/v1/batches", json={"checkpoint_ids": [transformer_checkpoint], "dataset_id": dataset,
