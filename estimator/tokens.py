@@ -91,6 +91,12 @@ def token_data(data: Any, loss_name: str) -> TokenData:
                 f"loss {loss_name!r} needs one label per token (labels of shape [{n}, {t}]); got labels of "
                 f"shape {tuple(labels.shape)} (one class per sequence is for loss 'cross_entropy')"
             )
+        if loss_name == "cross_entropy" and labels.dim() != 1:
+            raise ValueError(
+                f"loss 'cross_entropy' on token data takes one class per sequence (labels of shape [{n}]); got "
+                f"labels of shape {tuple(labels.shape)}: for one label per token use 'masked_lm' (each position "
+                "predicts its own label) or 'causal_lm' (each position predicts the next token)"
+            )
         bad = (labels < 0) & (labels != IGNORE_INDEX)
         if bool(bad.any()):
             raise ValueError(

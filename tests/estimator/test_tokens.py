@@ -86,6 +86,8 @@ def test_causal_default_labels_mask_padding():
         ({"input_ids": np.ones((2, 3), dtype=np.int64)}, "cross_entropy", "needs 'labels'"),
         ({"input_ids": np.ones((2, 3), dtype=np.int64), "labels": np.ones(2, dtype=np.int64)},
          "masked_lm", "one label per token"),
+        ({"input_ids": np.ones((2, 3), dtype=np.int64), "labels": np.ones((2, 3), dtype=np.int64)},
+         "cross_entropy", "one class per sequence"),
         ({"input_ids": np.ones((2, 3), dtype=np.int64), "token_type_ids": np.ones((2, 3))},
          "causal_lm", "unknown field"),
         ({"input_ids": [[1, 2], [3]]}, "causal_lm", "ragged"),
