@@ -39,7 +39,7 @@ class FlatModel:
         # dtype "bfloat16": w and the chains stay in ``dtype`` (float32); the model's forward (and so
         # its backward) runs under autocast to this dtype, and the loss is taken in ``dtype``.
         self.autocast_dtype = autocast_dtype
-        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        named, self.tied = _distinct_parameters(model)
         if not named:
             raise ValueError("model has no trainable parameters (none with requires_grad=True)")
         self.names = [name for name, _ in named]
@@ -62,6 +62,8 @@ class FlatModel:
             name: piece.view(*flat.shape[:-1], *shape)
             for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
         }
+        for alias, name in self.tied.items():
+            params[alias] = params[name]
         if self.fixed:
             params.update(self.fixed)
         return params
@@ -80,6 +82,37 @@ class FlatModel:
                 f"the loss must return a scalar mean loss; got a tensor of shape {tuple(value.shape)}"
             )
         return value
+
+
+def _distinct_parameters(model: torch.nn.Module) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+    """The trainable parameters, each tied group once, and the tied names (alias -> sampled name).
+
+    ``named_parameters()`` already lists a Parameter shared by two modules once (a language model's
+    embedding tied to its output layer). A ``torch.export`` program loaded from disk holds tied
+    weights as two Parameter objects over the same memory instead; they are one weight of the model,
+    sampled once, and the alias gets the same values in every forward pass.
+    """
+    named: list[tuple[str, torch.Tensor]] = []
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = _memory_key(p)
+        if key is not None and key in seen:
+            tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        named.append((name, p))
+    return named, tied
+
+
+def _memory_key(p: torch.Tensor) -> tuple | None:
+    """Where a tensor's values live, or None where that cannot tell tensors apart (meta, empty)."""
+    if p.device.type == "meta" or p.numel() == 0:
+        return None
+    return (p.device, p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), tuple(p.stride()), p.dtype)
 
 
 def static_batch_size(model: torch.nn.Module) -> int | None:
@@ -227,7 +260,8 @@ def _structure_key(flat: FlatModel) -> tuple | None:
         return None
     fixed = tuple((name, tuple(t.shape), t.dtype) for name, t in flat.fixed.items())
     modules = tuple((name, type(m), _attribute_fingerprint(m)) for name, m in flat.model.named_modules())
-    return (tuple(zip(flat.names, flat.shapes, strict=True)), fixed, modules, flat.loss_fn, flat.autocast_dtype)
+    tied = tuple(sorted(flat.tied.items()))
+    return (tuple(zip(flat.names, flat.shapes, strict=True)), tied, fixed, modules, flat.loss_fn, flat.autocast_dtype)
 
 
 # nn.Module's own bookkeeping (parameters, buffers, children and hooks are covered elsewhere or do
