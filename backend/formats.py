@@ -377,14 +377,22 @@ def read_pt2(path: Path) -> Pt2Info:
             raise FormatError(f"corrupt torch.export archive: unreadable weights config ({exc})") from None
     parameters: dict[str, tuple[int, ...]] = {}
     buffers: dict[str, tuple[int, ...]] = {}
+    # Tied weights (an embedding shared with the output layer) are two entries over one stored
+    # tensor, the same view of the same file: one weight, counted once, as the estimator samples it.
+    distinct_views: dict[tuple, int] = {}
     for name, entry in config.items():
         try:
-            shape = tuple(int(dim["as_int"]) for dim in entry["tensor_meta"]["sizes"])
+            meta = entry["tensor_meta"]
+            shape = tuple(int(dim["as_int"]) for dim in meta["sizes"])
             is_param = bool(entry["is_param"])
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"corrupt torch.export archive: weight {name!r} has no concrete shape ({exc})") from None
         (parameters if is_param else buffers)[name] = shape
-    return Pt2Info(sum(math.prod(s) for s in parameters.values()), parameters, buffers)
+        if is_param:
+            view = (entry.get("path_name") or name, json.dumps(meta.get("strides")), json.dumps(meta.get("storage_offset")),
+                    shape)
+            distinct_views[view] = math.prod(shape)
+    return Pt2Info(sum(distinct_views.values()), parameters, buffers)
 
 
 def describe(tensors: dict[str, TensorInfo]) -> dict[str, Any]:

@@ -30,6 +30,28 @@ def test_detects_each_format_from_content_not_name(tmp_path):
     assert info.parameters["0.weight"] == (8, 4)
 
 
+def test_tied_weights_of_an_export_count_once(tmp_path):
+    """An embedding tied to the output layer is two entries of the archive over one stored tensor:
+    one weight, as the estimator samples it (result num_params and checkpoint num_params agree)."""
+    import torch
+
+    class TiedLM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(40, 12)
+            self.head = torch.nn.Linear(12, 40, bias=False)
+            self.head.weight = self.embedding.weight
+            self.other = torch.nn.Linear(12, 12)
+
+        def forward(self, tokens):
+            return self.head(self.other(self.embedding(tokens))).mean(dim=1)
+
+    torch.export.save(torch.export.export(TiedLM(), (torch.randint(0, 40, (2, 5)),)), tmp_path / "tied.pt2")
+    info = read_pt2(tmp_path / "tied.pt2")
+    assert set(info.parameters) == {"embedding.weight", "head.weight", "other.weight", "other.bias"}
+    assert info.num_params == 40 * 12 + 12 * 12 + 12
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
