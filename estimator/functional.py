@@ -244,7 +244,14 @@ def _moved_off(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     w = args[0]
     gen = torch.Generator(device=w.device).manual_seed(0)
     step = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-    return (w + step * (0.01 * (1 + w.abs())), *args[1:])
+    # w + step * (0.01 * (1 + |w|)), computed in place in one fresh contiguous tensor (the same
+    # elementwise operations in the same order, so bit-identical), so that it holds two P-sized
+    # temporaries at a time rather than four; ``w`` may be an expanded (stride-0) view.
+    moved = torch.empty(w.shape, device=w.device, dtype=w.dtype)
+    torch.abs(w, out=moved)
+    moved.add_(1).mul_(0.01).mul_(step)
+    del step
+    return (moved.add_(w), *args[1:])
 
 
 def _structure_key(flat: FlatModel) -> tuple | None:
@@ -399,14 +406,23 @@ def probe_vmap(flat: FlatModel, w: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     kernels = Kernels(flat, True, trace)
     eager = kernels.grad_and_values.eager
     # Off w*: at a special point (a singular w* = 0) every gradient can be exactly zero, which any
-    # two kernels agree on bit for bit.
+    # two kernels agree on bit for bit. (``w`` may be an expanded view of w*: moving it off makes
+    # the only copy.)
     w, *_ = _moved_off((w,))
+    failure = None
     try:
         g, v = eager(w, x, y)
         if g.shape != w.shape or v.shape != (w.shape[0],):
             raise RuntimeError(f"unexpected shapes from vmap: grad {tuple(g.shape)}, loss {tuple(v.shape)}")
     except Exception as exc:  # noqa: BLE001 - any failure to trace means: fall back to sequential
-        return VmapProbe(Kernels(flat, False, trace), f"{type(exc).__name__}: {_first_line(exc)}", False)
+        # Only the message: the exception's traceback would keep the failed call's tensors alive.
+        failure = f"{type(exc).__name__}: {_first_line(exc)}"
+    if failure is not None:
+        return VmapProbe(Kernels(flat, False, trace), failure, False)
+    # Memory: keep only the last row of the vectorised result while the single-chain call runs
+    # (its activations then meet one P-sized gradient, not two).
+    g_last, v_last = g[-1].clone(), v[-1].clone()
+    del g, v
     g_alone, v_alone = eager(w[-1:], x[-1:], y[-1:])  # the last row: its offset in the batch is not 0
-    exact = torch.equal(g_alone, g[-1:]) and torch.equal(v_alone, v[-1:])
+    exact = torch.equal(g_alone[0], g_last) and torch.equal(v_alone[0], v_last)
     return VmapProbe(kernels, None, exact)

@@ -158,7 +158,7 @@ def choose_chain_mode(problem: Problem, notes: Notes) -> ChainMode:
     mode = problem.config.chain_mode
     m = problem.static_batch or problem.batch_size
     x, y, C = problem.x, problem.y, problem.num_chains
-    w = problem.flat.w_star.unsqueeze(0).expand(2, -1).clone()
+    w = problem.flat.w_star.unsqueeze(0).expand(2, -1)  # a view: the probe makes its only copy
     second = slice(m, 2 * m) if problem.n >= 2 * m else slice(0, m)
     xb = torch.stack([x[:m], x[second]])
     yb = torch.stack([y[:m], y[second]])
