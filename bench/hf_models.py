@@ -17,8 +17,10 @@ Scenarios (issue 14's targets; results in docs/benchmarks.md, "Hugging Face mode
   imported. Upload times are printed too: the first upload of a config runs the inspector process.
 - ``memory``: the same model in a fresh process, 4 chains in the sequential chain mode, batch 8;
   peak resident memory above the process's resident memory once the model and data are loaded,
-  against the estimate ``params x (chains + 3) x 4 bytes + activations``
-  (``estimator.memory``, what the service checks at submit).
+  against ``estimator.memory.estimate_memory_bytes`` (what the service checks at submit: the largest
+  of sampling, the chain-mode probe and the L_n(w*) evaluation). Run twice: with glibc's default
+  malloc, and with ``MALLOC_MMAP_THRESHOLD_=131072`` (large blocks go back to the system on free), to
+  show how much of the peak is the allocator's retained heap rather than live tensors.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
 from estimator import LLCConfig, estimate_llc
-from estimator.memory import activation_bytes_estimate, estimate_memory_bytes
+from estimator.memory import activation_bytes_estimate, estimate_memory_bytes, eval_activation_bytes_estimate
 from worker.loading import load_model
 
 work, chains = Path(sys.argv[1]), int(sys.argv[2])
@@ -135,24 +137,30 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 params = result.num_params
 activations = activation_bytes_estimate(%(batch)d, ids.shape[1], config["hidden_size"], config["num_hidden_layers"],
                                         config["vocab_size"], 4)
+evaluation = eval_activation_bytes_estimate(%(batch)d, chains, ids.shape[1], config["hidden_size"],
+                                            config["vocab_size"], 4)
 print(json.dumps({"num_params": params, "chains": chains, "baseline_rss": baseline, "peak_rss": peak,
                   "peak_above_baseline": peak - baseline,
-                  "estimate": estimate_memory_bytes(params, chains, 4, activations), "activations": activations}))
+                  "estimate": estimate_memory_bytes(params, chains, 4, activations, evaluation),
+                  "activations": activations, "eval_activations": evaluation}))
 """
 
 
 def run_memory(work: Path, chains: int) -> dict:
     probe = MEMORY_PROBE % {"batch": BATCH}
-    proc = subprocess.run([sys.executable, "-c", probe, str(work), str(chains)], cwd=ROOT, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                          "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    if proc.returncode != 0:
-        raise SystemExit(f"memory probe failed: {proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"memory, {chains} sequential chains: peak {row['peak_above_baseline'] / 2**20:.0f} MiB above the loaded "
-          f"model and data; estimate {row['estimate'] / 2**20:.0f} MiB "
-          f"(of which activations {row['activations'] / 2**20:.0f} MiB)", flush=True)
-    return row
+    rows = {}
+    for malloc, extra in (("default", {}), ("mmap_threshold_128k", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+        proc = subprocess.run([sys.executable, "-c", probe, str(work), str(chains)], cwd=ROOT, capture_output=True,
+                              text=True, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                                              "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin", **extra})
+        if proc.returncode != 0:
+            raise SystemExit(f"memory probe failed: {proc.stderr[-3000:]}")
+        row = rows[malloc] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"memory, {chains} sequential chains, {malloc} malloc: peak {row['peak_above_baseline'] / 2**20:.0f} MiB "
+              f"above the loaded model and data; estimate {row['estimate'] / 2**20:.0f} MiB (activations "
+              f"{row['activations'] / 2**20:.0f} MiB a step, {row['eval_activations'] / 2**20:.0f} MiB in L_n(w*))",
+              flush=True)
+    return rows
 
 
 def main() -> int:

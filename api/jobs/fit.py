@@ -7,9 +7,11 @@ in the worker is refused with a 422 that names the numbers, before it is queued.
   and a model that classifies sequences: an ``hf`` architecture with task ``sequence_classification``).
 - Token ids and LM labels must be below the model's vocabulary size and T at most its context length
   (``architectures.token_limits``).
-- Memory: ``estimate_memory_bytes(params, chains, bytes, activations)`` against the worker's device
-  (``worker_memory_bytes``; in embedded mode the host's RAM). That is the run with one chain at a
-  time (the state of every chain is held whatever the chain mode, so chains cost memory even then);
+- Memory: ``estimate_memory_bytes(params, chains, bytes, activations, eval_activations)`` against the
+  worker's device (``worker_memory_bytes``; in embedded mode the host's RAM). That is the run with
+  one chain at a time (the state of every chain is held whatever the chain mode, so chains cost
+  memory even then; the chain-mode probe's two chains and the L_n(w*) evaluation's larger batches
+  are counted too, as ``estimator.memory`` describes);
   when it does not fit the job is refused. When it fits but all chains in one vectorised call
   (each adding a gradient row and its own activations) would not, the job's
   ``max_chains_per_chunk`` is set to the most chains per call that fit, unless the request set it.
@@ -127,37 +129,47 @@ def _check_memory(settings: Settings, checkpoint: Checkpoint, dataset: Dataset, 
     dtype = str(config.get("dtype") or defaults.dtype)
     per_value = BYTES_PER_DTYPE.get(dtype, 4)
     batch = int(config.get("batch_size") or min(dataset.n, DEFAULT_BATCH))
-    activations = _activation_bytes(checkpoint.architecture, batch, dataset, per_value)
+    activations, eval_activations = _activation_bytes(checkpoint.architecture, batch, chains, dataset, per_value)
     params = max(int(checkpoint.num_params), 1)  # the estimate takes at least one parameter
-    one_at_a_time = memory.estimate_memory_bytes(params, chains, per_value, activations)
+    one_at_a_time = memory.estimate_memory_bytes(params, chains, per_value, activations, eval_activations)
     if one_at_a_time > available:
         raise Unprocessable(
             f"the job needs about {_gib(one_at_a_time)} even with one chain at a time ({params} parameters x "
-            f"({chains} chains + 3) x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}), "
+            f"({chains} chains + {memory.SAMPLING_PARAM_COPIES}) x {per_value} bytes + {_gib(activations)} of activations at batch size {batch}, "
+            f"or the chain-mode probe's two chains or the L_n(w*) evaluation if larger), "
             f"more than the worker's {_gib(available)}; use fewer chains or a smaller batch_size, "
             "or a worker with more memory (LAMBDAHAT_WORKER_MEMORY_BYTES)"
         )
     if config.get("max_chains_per_chunk") is None and chains > 1:
         # Each further chain in a vectorised call holds its own gradient row and activations.
+        # They add to the sampling phase only (the probe and L_n(w*) come before it).
         per_extra_chain = params * per_value + activations
-        fitting = 1 + (available - one_at_a_time) // max(1, per_extra_chain)
+        sampling = memory.sampling_bytes(params, chains, per_value, activations)
+        fitting = 1 + (available - sampling) // max(1, per_extra_chain)
         if fitting < chains:
             config["max_chains_per_chunk"] = int(fitting)
 
 
-def _activation_bytes(architecture: dict[str, Any] | None, batch: int, dataset: Dataset, per_value: int) -> int:
-    """Activations of one forward/backward at ``batch`` for sequence models (others: 0, as their
-    activations are small next to (chains + 3) copies of the parameters)."""
+def _activation_bytes(
+    architecture: dict[str, Any] | None, batch: int, chains: int, dataset: Dataset, per_value: int
+) -> tuple[int, int]:
+    """Activations of one forward/backward at ``batch``, and of the L_n(w*) evaluation's forward pass
+    at ``batch x chains``, for sequence models (others: 0, as their activations are small next to
+    (chains + 4) copies of the parameters)."""
     if architecture is None or dataset.kind != "tokens":
-        return 0
+        return 0, 0
     config = architecture.get("config") if architecture.get("kind") == "hf" else architecture
     config = config or {}
     hidden = next((config[f] for f in _HIDDEN_FIELDS if isinstance(config.get(f), int)), None)
     layers = next((config[f] for f in _LAYER_FIELDS if isinstance(config.get(f), int)), None)
     limits = architectures.token_limits(architecture)
     if hidden is None or layers is None or limits is None:
-        return 0
-    return memory.activation_bytes_estimate(batch, dataset.seq_len or 1, hidden, layers, limits[0], per_value)
+        return 0, 0
+    seq_len = dataset.seq_len or 1
+    return (
+        memory.activation_bytes_estimate(batch, seq_len, hidden, layers, limits[0], per_value),
+        memory.eval_activation_bytes_estimate(batch, chains, seq_len, hidden, limits[0], per_value),
+    )
 
 
 def _gib(value: int) -> str:

@@ -7,13 +7,40 @@ import sys
 
 import pytest
 
-from estimator.memory import BYTES_PER_DTYPE, activation_bytes_estimate, estimate_memory_bytes
+from estimator.memory import (
+    BYTES_PER_DTYPE,
+    activation_bytes_estimate,
+    estimate_memory_bytes,
+    eval_activation_bytes_estimate,
+    sampling_bytes,
+)
 
 
 def test_parameter_term_and_activations_add():
-    assert estimate_memory_bytes(1000, 8, 4, 0) == 1000 * 11 * 4
-    assert estimate_memory_bytes(1000, 1, 8, 500) == 1000 * 4 * 8 + 500
+    assert estimate_memory_bytes(1000, 8, 4, 0) == 1000 * 12 * 4 == sampling_bytes(1000, 8, 4)
+    assert estimate_memory_bytes(1000, 8, 8, 500) == 1000 * 12 * 8 + 500 == sampling_bytes(1000, 8, 8, 500)
     assert BYTES_PER_DTYPE == {"float64": 8, "float32": 4, "bfloat16": 4}
+
+
+def test_the_largest_phase_counts():
+    """Sampling, the chain-mode probe (two chains' activations at once) and L_n(w*) (C x batch)."""
+    # Few chains and large activations: the probe.
+    assert estimate_memory_bytes(1000, 1, 8, 500) == 1000 * 5 * 8 + 2 * 500 > sampling_bytes(1000, 1, 8, 500)
+    assert estimate_memory_bytes(1000, 4, 4, 20_000) == 1000 * 5 * 4 + 2 * 20_000
+    # A large evaluation batch: L_n(w*).
+    assert estimate_memory_bytes(1000, 4, 4, 100, eval_activation_bytes=90_000) == 1000 * 4 + 90_000
+    # Many chains: sampling.
+    assert estimate_memory_bytes(1000, 64, 4, 10_000, 20_000) == sampling_bytes(1000, 64, 4, 10_000)
+
+
+def test_evaluation_activations_grow_with_chains_and_logits_dominate():
+    one = eval_activation_bytes_estimate(8, 1, 64, 256, 8192, 4)
+    assert one == 8 * 64 * (12 * 256 + 2 * 4 * 64 + 3 * 8192) * 4
+    assert eval_activation_bytes_estimate(8, 4, 64, 256, 8192, 4) == 4 * one
+    # Forward only: at one chain, less than a step's forward and backward of an 8-layer model.
+    assert one < activation_bytes_estimate(8, 64, 256, 8, 8192, 4)
+    with pytest.raises(ValueError, match="num_chains must be an integer >= 1"):
+        eval_activation_bytes_estimate(8, 0, 64, 256, 8192, 4)
 
 
 def test_activation_estimate_grows_with_every_size():
@@ -30,6 +57,9 @@ def test_bad_sizes_are_refused(bad):
         estimate_memory_bytes(bad, 2, 4)
     with pytest.raises(ValueError, match="seq_len must be an integer >= 1"):
         activation_bytes_estimate(1, bad, 1, 1, 1, 4)
+    if bad != 0:  # 0 activation bytes is allowed (True is refused: a bool is no count)
+        with pytest.raises(ValueError, match="eval_activation_bytes must be an integer >= 0"):
+            estimate_memory_bytes(1, 1, 4, 0, bad)
 
 
 def test_no_torch_import():
