@@ -172,15 +172,19 @@ def test_chains_are_chunked_to_fit_the_workers_memory(api, tmp_path, transformer
     dataset = _dataset(api, tmp_path, input_ids=token_ids(seq_len=8))
     params = api.get(f"/v1/checkpoints/{transformer_checkpoint}").json()["num_params"]
     config = {**CONFIG, "num_chains": 8, "batch_size": 4}
-    activations = memory.activation_bytes_estimate(4, 8, TRANSFORMER["d_model"], 1, TRANSFORMER["vocab_size"], 4)
-    one_at_a_time = memory.estimate_memory_bytes(params, 8, 4, activations)
-    # Room for a second chain per call beyond the sequential run's needs, not for all eight.
-    api.settings.worker_memory_bytes = one_at_a_time + 2 * (params * 4 + activations)
+    d_model, vocab = TRANSFORMER["d_model"], TRANSFORMER["vocab_size"]
+    activations = memory.activation_bytes_estimate(4, 8, d_model, 1, vocab, 4)
+    needed = memory.estimate_memory_bytes(params, 8, 4, activations, memory.eval_activation_bytes_estimate(4, 8, 8, d_model, vocab, 4))
+    sampling = memory.sampling_bytes(params, 8, 4, activations)
+    per_extra_chain = params * 4 + activations
+    # Room for two more chains per call beyond the sequential run's needs, not for all eight.
+    api.settings.worker_memory_bytes = max(needed, sampling + 2 * per_extra_chain)
     r = api.post("/v1/jobs", json={"checkpoint_id": transformer_checkpoint, "dataset_id": dataset, "loss": "causal_lm",
                                    "config": config})
     assert r.status_code == 202, r.text
     chunk = r.json()["config"]["max_chains_per_chunk"]
-    assert chunk == 3
+    assert 1 <= chunk < 8
+    assert chunk == 1 + (api.settings.worker_memory_bytes - sampling) // per_extra_chain
     r = api.post("/v1/jobs", json={"checkpoint_id": transformer_checkpoint, "dataset_id": dataset, "loss": "causal_lm",
                                    "config": {**config, "max_chains_per_chunk": 8, "seed": 1}})
     assert r.status_code == 202 and r.json()["config"]["max_chains_per_chunk"] == 8, r.text
