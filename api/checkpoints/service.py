@@ -239,51 +239,36 @@ def expected_spec(architecture: dict[str, Any]) -> tuple[dict[str, architectures
     return value
 
 
-def _run_inspector(command: list[str], stdin: bytes, *, what: str) -> dict[str, Any]:
+def _run_inspector(command: list[str], stdin: bytes | None, *, what: str,
+                   refused: str = "invalid architecture") -> dict[str, Any]:
     """Run a worker-side inspector in a fresh interpreter (empty working directory, offline, killed
-    after INSPECT_TIMEOUT_S); its last stdout line is a JSON object with "ok"."""
+    after INSPECT_TIMEOUT_S); its last stdout line is a JSON object with "ok". A refusal is answered
+    as ``f"{refused}: {error}"``, and so is a timeout or an unreadable answer."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory(prefix="lambdahat-inspect-") as cwd:
         try:
             proc = subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True,
-                                  timeout=INSPECT_TIMEOUT_S)
+                                  stdin=None if stdin is not None else subprocess.DEVNULL, timeout=INSPECT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise Unprocessable(f"inspecting {what} took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
+            raise Unprocessable(f"{refused}: inspecting {what} took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
     try:
         result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     except (IndexError, ValueError, UnicodeDecodeError):
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise Unprocessable(
-            f"{what} could not be inspected (inspector exit status {proc.returncode}: {tail[0][:300]})"
+            f"{refused}: {what} could not be inspected (inspector exit status {proc.returncode}: {tail[0][:300]})"
         ) from None
     if not isinstance(result, dict) or not result.get("ok"):
-        raise Unprocessable(f"invalid architecture: {result.get('error') if isinstance(result, dict) else result}")
+        raise Unprocessable(f"{refused}: {result.get('error') if isinstance(result, dict) else result}")
     return result
 
 
 def inspect_torch_file(path: Path) -> dict[str, Any]:
     """Key -> {shape, dtype, non_finite} of a torch.save state_dict, read by a weights-only load in a
     subprocess (a fresh interpreter in an empty working directory, killed after INSPECT_TIMEOUT_S)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    with tempfile.TemporaryDirectory(prefix="lambdahat-inspect-") as cwd:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "worker.inspect_checkpoint", str(path)],
-                cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=INSPECT_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired:
-            raise Unprocessable(f"invalid checkpoint: inspecting the .pt file took longer than {INSPECT_TIMEOUT_S:.0f} s") from None
-    try:
-        result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    except (IndexError, ValueError, UnicodeDecodeError):
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise Unprocessable(
-            f"invalid checkpoint: the .pt file could not be inspected (inspector exit status {proc.returncode}: {tail[0][:300]})"
-        ) from None
-    if not result.get("ok"):
-        raise Unprocessable(f"invalid checkpoint: {result.get('error')}")
+    result = _run_inspector([sys.executable, "-m", "worker.inspect_checkpoint", str(path)], None,
+                            what="the .pt file", refused="invalid checkpoint")
     return result["tensors"]
 
 

@@ -40,9 +40,9 @@ def inspector_calls(monkeypatch):
     calls: list[list[str]] = []
     original = checkpoint_service._run_inspector
 
-    def spy(command, stdin, *, what):  # noqa: ANN001, ANN202
+    def spy(command, stdin, **options):  # noqa: ANN001, ANN202
         calls.append(command)
-        return original(command, stdin, what=what)
+        return original(command, stdin, **options)
 
     monkeypatch.setattr(checkpoint_service, "_run_inspector", spy)
     return calls
